@@ -1,0 +1,86 @@
+"""mixkit: mixed-sample data augmentation (the mixup family) for PyTorch.
+
+Quick start::
+
+    import torch, mixkit
+    cutmix = mixkit.create("cutmix")                     # paper defaults
+    out = cutmix(images, labels)                          # out.x, out.target, out.params
+    loss = mixkit.mixup_cross_entropy(model(out.x), out.target)
+"""
+
+from mixkit import functional, losses, rng
+from mixkit.base import MixCollate, MixMethod
+from mixkit.errors import (
+    DTypeError,
+    HyperParameterError,
+    LabelError,
+    MixkitError,
+    ModelError,
+    ShapeError,
+    UnknownHyperParameterError,
+    UnknownMethodError,
+)
+from mixkit.hooks import mix_features
+from mixkit.losses import mixup_binary_cross_entropy, mixup_cross_entropy
+from mixkit.methods import BetweenClass, CutMix, FMix, ManifoldMixup, MixUp, ResizeMix
+from mixkit.registry import FAMILIES, MethodInfo, create, list_methods, method_info, register
+from mixkit.types import (
+    BlendParams,
+    BoxParams,
+    LayerParams,
+    MaskParams,
+    MixOutput,
+    MixTarget,
+    ModelMixOutput,
+    Params,
+    ResizeParams,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "__version__",
+    # registry
+    "FAMILIES",
+    "MethodInfo",
+    "register",
+    "list_methods",
+    "method_info",
+    "create",
+    # core types
+    "MixMethod",
+    "MixCollate",
+    "MixTarget",
+    "MixOutput",
+    "ModelMixOutput",
+    "Params",
+    "BlendParams",
+    "BoxParams",
+    "ResizeParams",
+    "MaskParams",
+    "LayerParams",
+    # methods
+    "MixUp",
+    "BetweenClass",
+    "CutMix",
+    "ResizeMix",
+    "FMix",
+    "ManifoldMixup",
+    # losses and hooks
+    "mixup_cross_entropy",
+    "mixup_binary_cross_entropy",
+    "mix_features",
+    # modules
+    "functional",
+    "losses",
+    "rng",
+    # errors
+    "MixkitError",
+    "ShapeError",
+    "LabelError",
+    "DTypeError",
+    "HyperParameterError",
+    "UnknownHyperParameterError",
+    "UnknownMethodError",
+    "ModelError",
+]

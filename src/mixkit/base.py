@@ -1,0 +1,149 @@
+"""The interface every input-space method shares: ``sample`` apart from ``apply``.
+
+A method object holds hyper-parameters only. ``sample(x, y, generator=...)`` draws the
+:class:`~mixkit.types.Params` of one call (on the CPU), ``apply(x, params)`` mixes any tensor
+with them, ``target(y, params)`` mixes the labels, and ``__call__`` composes the three and
+returns a :class:`~mixkit.types.MixOutput`. Methods pickle by constructor arguments.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from mixkit import rng
+from mixkit.types import MixOutput, MixTarget, Params
+from mixkit.validation import check_choice, check_labels, check_positive_int, check_probability, check_x
+
+__all__ = ["MixMethod", "MixCollate"]
+
+MODES = ("batch", "elem")
+
+
+def _rebuild(cls: type, hparams: dict[str, Any]) -> Any:
+    return cls(**hparams)
+
+
+class MixMethod:
+    """Base class of input-space mixing methods.
+
+    Subclasses define ``sample`` and ``apply``, call ``super().__init__`` with the shared
+    options, and store every constructor argument under its own name (``hparams`` reads them
+    back for ``repr``, pickling and the registry).
+
+    Args:
+        p: probability of mixing the batch (``mode="batch"``) or each sample (``"elem"``).
+        mode: ``"batch"`` draws one lambda (and one box or mask) for the whole batch;
+            ``"elem"`` draws one per sample, vectorised.
+        num_classes: number of classes, if known: labels are checked against it and dense
+            labels can be built without passing it again.
+    """
+
+    name: ClassVar[str] = ""
+    #: numbers of spatial dims the method accepts (None: any layout (B, ...)).
+    spatial_dims: ClassVar[tuple[int, ...] | None] = None
+    #: whether the method blends values (True) or only copies them (False: uint8 works too).
+    needs_float: ClassVar[bool] = True
+
+    def __init__(self, *, p: float, mode: str, num_classes: int | None) -> None:
+        self.p = check_probability(p, "p")
+        self.mode = check_choice(mode, MODES, "mode")
+        self.num_classes = check_positive_int(num_classes, "num_classes")
+
+    # ----------------------------------------------------------------------------- interface
+    def sample(self, x: Tensor, y: Tensor | None = None, *, generator: torch.Generator | None = None) -> Params:
+        """Draw the params of one call for batch ``x`` (labels ``y`` if the method uses them)."""
+        raise NotImplementedError
+
+    def apply(self, x: Tensor, params: Params) -> Tensor:
+        """Mix ``x`` (or any tensor with the same batch size, e.g. features) with ``params``."""
+        raise NotImplementedError
+
+    def target(self, y: Tensor, params: Params) -> MixTarget:
+        """The mixed target of labels ``y`` under ``params`` (two sources by default)."""
+        return MixTarget.pair(y, params.index, params.lam, self.num_classes)
+
+    def check(self, x: Tensor, y: Tensor) -> None:
+        """Validate a batch and its labels; raises with the argument named."""
+        check_x(x, spatial_dims=self.spatial_dims, needs_float=self.needs_float)
+        check_labels(y, x.shape[0], self.num_classes)
+
+    def __call__(self, x: Tensor, y: Tensor, *, generator: torch.Generator | None = None) -> MixOutput:
+        """Mix a batch and its labels.
+
+        Args:
+            x: ``(B, C, *spatial)`` batch; never modified.
+            y: integer labels ``(B,)`` or soft labels ``(B, K)``; never modified.
+            generator: CPU generator for the draws (torch's global one if ``None``).
+
+        Returns:
+            The mixed batch, its target and the params. When nothing is mixed (probability
+            ``p`` said no) ``out.x`` is ``x`` itself, not a copy.
+        """
+        rng.check_generator(generator)
+        self.check(x, y)
+        params = self.sample(x, y, generator=generator)
+        mixed = x if bool(params.lam.eq(1).all()) else self.apply(x, params)
+        return MixOutput(mixed, self.target(y, params), params)
+
+    # ------------------------------------------------------------------------------ helpers
+    def _active(self, b: int, generator: torch.Generator | None) -> Tensor:
+        """``(B,)`` bool: which samples are mixed under ``p`` and ``mode``."""
+        if self.mode == "batch":
+            return rng.bernoulli((1,), self.p, generator=generator).expand(b)
+        return rng.bernoulli((b,), self.p, generator=generator)
+
+    def _per_sample(self, b: int, draw: Callable[[tuple[int, ...]], Tensor]) -> Tensor:
+        """Call ``draw(size)`` once for the batch or once per sample, as ``mode`` says."""
+        return draw((1,)).expand(b).clone() if self.mode == "batch" else draw((b,))
+
+    @property
+    def hparams(self) -> dict[str, Any]:
+        """The constructor arguments of this object."""
+        names = [n for n in inspect.signature(type(self).__init__).parameters if n != "self"]
+        return {n: getattr(self, n) for n in names}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.hparams.items())
+        return f"{type(self).__name__}({args})"
+
+    def __reduce__(self) -> tuple[Callable[..., Any], tuple[Any, ...]]:
+        return (_rebuild, (type(self), self.hparams))
+
+
+
+class MixCollate:
+    """A DataLoader ``collate_fn`` that collates a list of samples and mixes the batch.
+
+    Draws come from torch's global RNG, which the DataLoader seeds per worker and per epoch
+    (so workers differ, epochs differ, and ``torch.manual_seed`` makes it all reproducible).
+
+    Args:
+        method: an input-space method (cutting methods also work on uint8 images).
+        collate: the collate function to apply first (default: torch's ``default_collate``).
+
+    Returns (when called): a tuple ``(x, target)``.
+
+    Example:
+        >>> import mixkit
+        >>> data = [(torch.rand(3, 8, 8), i % 2) for i in range(4)]
+        >>> loader = torch.utils.data.DataLoader(data, batch_size=4,
+        ...     collate_fn=MixCollate(mixkit.create("cutmix", num_classes=2)))
+        >>> x, target = next(iter(loader))
+        >>> x.shape, target.soft().shape
+        (torch.Size([4, 3, 8, 8]), torch.Size([4, 2]))
+    """
+
+    def __init__(self, method: MixMethod, collate: Callable[[Sequence[Any]], Any] | None = None) -> None:
+        self.method = method
+        self.collate = collate
+
+    def __call__(self, batch: Sequence[Any]) -> tuple[Tensor, MixTarget]:
+        collate = self.collate or torch.utils.data.default_collate
+        x, y = collate(batch)
+        out = self.method(x, y)
+        return out.x, out.target

@@ -1,0 +1,261 @@
+"""Cutting-based mixing: a region of the partner replaces the same region of the sample.
+
+Papers and reference code:
+    * Yun et al., "CutMix: Regularization Strategy to Train Strong Classifiers with
+      Localizable Features", ICCV 2019 (github.com/clovaai/CutMix-PyTorch).
+    * Qin et al., "ResizeMix: Mixing Data with Preserved Object Information and True
+      Labels", arXiv 2012.11101, 2020 (no official code; OpenMixup ``augments/resizemix.py``).
+    * Harris et al., "FMix: Enhancing Mixed Sample Data Augmentation", arXiv 2002.12047, 2020
+      (github.com/ecs-vlc/FMix).
+
+Every method here reports, per sample, the lambda its mask realised: the share of the
+sample that was kept.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from mixkit import rng
+from mixkit.base import MixMethod
+from mixkit.errors import DTypeError
+from mixkit.functional.blend import mask_blend
+from mixkit.functional.boxes import box_fraction, paste_boxes, paste_resized, sample_cut_boxes
+from mixkit.functional.fourier import binarise_mask, fourier_noise
+from mixkit.registry import register
+from mixkit.types import BoxParams, MaskParams, ResizeParams
+from mixkit.validation import check_alpha, check_range
+
+__all__ = ["CutMix", "ResizeMix", "FMix"]
+
+_SPATIAL = (1, 2, 3)
+
+
+def _empty_inactive(boxes: Tensor, active: Tensor) -> Tensor:
+    """Collapse the boxes of inactive samples to nothing (end = start)."""
+    d = boxes.shape[1] // 2
+    ends = torch.where(active.unsqueeze(1), boxes[:, d:], boxes[:, :d])
+    return torch.cat([boxes[:, :d], ends], dim=1)
+
+
+def _mask_rows(active: Tensor, mode: str) -> Tensor:
+    return active[:1] if mode == "batch" else active
+
+
+@register(
+    "cutmix",
+    family="cutting",
+    paper="CutMix: Regularization Strategy to Train Strong Classifiers with Localizable Features",
+    authors="Yun et al.",
+    venue="ICCV 2019",
+    year=2019,
+    code="https://github.com/clovaai/CutMix-PyTorch",
+    sources=2,
+    summary="A box of the partner pasted over the sample; label weight = kept area.",
+)
+class CutMix(MixMethod):
+    """CutMix: paste a box of ``x[perm]`` into ``x``; lambda = the area of ``x`` kept.
+
+    As the reference code: ``lam ~ Beta(alpha, alpha)``, box side ``floor(size * sqrt(1 -
+    lam))`` per dim (``(1 - lam)^(1/d)`` for ``d`` spatial dims), centre uniform, box clipped
+    to the image; the label weight is recomputed from the clipped box, per sample. Pairing: a
+    random permutation. Works on 1-D, 2-D and 3-D inputs and on uint8 images. The paper
+    applies it with probability 0.5 on CIFAR (``p=0.5``) and 1 on ImageNet.
+
+    Args:
+        alpha: Beta concentration (> 0).
+        p: probability of mixing the batch or each sample.
+        mode: ``"batch"`` (one box) or ``"elem"`` (one lambda and box per sample).
+        num_classes: number of classes, if known.
+
+    Example:
+        >>> import torch, mixkit
+        >>> out = mixkit.CutMix()(torch.rand(4, 3, 32, 32), torch.tensor([0, 1, 2, 3]),
+        ...                       generator=torch.Generator().manual_seed(0))
+        >>> box = out.params.boxes[0]
+        >>> area = float((box[2] - box[0]) * (box[3] - box[1])) / (32 * 32)
+        >>> abs(float(out.params.lam[0]) - (1 - area)) < 1e-12
+        True
+    """
+
+    spatial_dims = _SPATIAL
+    needs_float = False
+
+    def __init__(
+        self, *, alpha: float = 1.0, p: float = 1.0, mode: str = "batch", num_classes: int | None = None
+    ) -> None:
+        super().__init__(p=p, mode=mode, num_classes=num_classes)
+        self.alpha = check_alpha(alpha)
+
+    def sample(self, x: Tensor, y: Tensor | None = None, *, generator: torch.Generator | None = None) -> BoxParams:
+        b, spatial = x.shape[0], tuple(x.shape[2:])
+        index = rng.randperm(b, generator=generator)
+        n = 1 if self.mode == "batch" else b
+        lam = rng.beta((n,), self.alpha, self.alpha, generator=generator)
+        boxes = sample_cut_boxes(lam, spatial, generator=generator)
+        active = self._active(b, generator)
+        boxes = _empty_inactive(boxes, _mask_rows(active, self.mode))
+        kept = (1.0 - box_fraction(boxes, spatial)).expand(b).clone()
+        return BoxParams(index=torch.where(active, index, torch.arange(b)), lam=kept, boxes=boxes)
+
+    def apply(self, x: Tensor, params: BoxParams) -> Tensor:
+        return paste_boxes(x, params.index, params.boxes)
+
+
+@register(
+    "resizemix",
+    family="cutting",
+    paper="ResizeMix: Mixing Data with Preserved Object Information and True Labels",
+    authors="Qin et al.",
+    venue="arXiv 2012.11101",
+    year=2020,
+    code="https://github.com/Westlake-AI/openmixup/blob/main/openmixup/models/augments/resizemix.py",
+    sources=2,
+    summary="The whole partner, shrunk by tau ~ U(0.1, 0.8), pasted at a random place; label weight = kept area.",
+)
+class ResizeMix(MixMethod):
+    """ResizeMix: shrink the partner ``x[perm]`` by ``tau ~ U(scale)`` and paste it into ``x``.
+
+    The patch has side ``max(1, floor(size * tau))`` per dim and lies wholly inside the image
+    at a uniform position; lambda (the weight of ``x``) is the kept area ``1 - |patch| / |x|``
+    (about ``1 - tau^2``), per sample. Resizing is (bi/tri)linear without antialiasing, as
+    ``F.interpolate`` does (OpenMixup resizes with nearest). Pairing: a random permutation.
+
+    Args:
+        scale: ``(low, high)`` range of the scale rate tau, within (0, 1]; the paper's (0.1, 0.8).
+        p: probability of mixing the batch or each sample.
+        mode: ``"batch"`` (one patch size and place) or ``"elem"`` (one per sample).
+        num_classes: number of classes, if known.
+
+    Example:
+        >>> import torch, mixkit
+        >>> out = mixkit.ResizeMix()(torch.rand(2, 3, 32, 32), torch.tensor([0, 1]),
+        ...                          generator=torch.Generator().manual_seed(0))
+        >>> 1 - 0.8 ** 2 <= float(out.params.lam[0]) <= 1 - 0.1 ** 2
+        True
+    """
+
+    spatial_dims = _SPATIAL
+    needs_float = False
+
+    def __init__(
+        self,
+        *,
+        scale: Sequence[float] = (0.1, 0.8),
+        p: float = 1.0,
+        mode: str = "batch",
+        num_classes: int | None = None,
+    ) -> None:
+        super().__init__(p=p, mode=mode, num_classes=num_classes)
+        if len(scale) != 2:
+            raise ValueError(f"scale must be a pair (low, high), got {scale!r}")
+        low = check_range(scale[0], 0.0, 1.0, "scale[0]")
+        high = check_range(scale[1], low, 1.0, "scale[1]")
+        if low <= 0:
+            raise ValueError(f"scale[0] must be > 0, got {low}")
+        self.scale = (low, high)
+
+    def sample(self, x: Tensor, y: Tensor | None = None, *, generator: torch.Generator | None = None) -> ResizeParams:
+        b, spatial = x.shape[0], tuple(x.shape[2:])
+        index = rng.randperm(b, generator=generator)
+        n = 1 if self.mode == "batch" else b
+        tau = rng.uniform((n,), *self.scale, generator=generator)
+        starts, ends = [], []
+        for size in spatial:
+            side = torch.floor(size * tau).long().clamp(1, size)
+            start = torch.floor(rng.uniform((n,), generator=generator) * (size - side + 1)).long()
+            starts.append(start)
+            ends.append(start + side)
+        active = self._active(b, generator)
+        boxes = _empty_inactive(torch.stack(starts + ends, dim=1), _mask_rows(active, self.mode))
+        kept = (1.0 - box_fraction(boxes, spatial)).expand(b).clone()
+        return ResizeParams(index=torch.where(active, index, torch.arange(b)), lam=kept, boxes=boxes)
+
+    def apply(self, x: Tensor, params: ResizeParams) -> Tensor:
+        return paste_resized(x, params.index, params.boxes)
+
+
+@register(
+    "fmix",
+    family="cutting",
+    paper="FMix: Enhancing Mixed Sample Data Augmentation",
+    authors="Harris et al.",
+    venue="arXiv 2002.12047",
+    year=2020,
+    code="https://github.com/ecs-vlc/FMix",
+    sources=2,
+    summary="A binary mask from thresholded low-frequency Fourier noise holding exactly lam of the pixels.",
+)
+class FMix(MixMethod):
+    """FMix: mix with a mask cut from low-frequency Fourier noise.
+
+    ``lam ~ Beta(alpha, alpha)`` (``Beta(alpha + 1, alpha)`` with ``reformulate=True``); the
+    grey image of :func:`mixkit.functional.fourier_noise` (decay power delta) keeps its
+    ``ceil`` or ``floor(lam * N)`` brightest pixels (:func:`mixkit.functional.binarise_mask`);
+    mask 1 keeps ``x``, 0 takes ``x[perm]``, and lambda is the mask's realised mean. Pairing:
+    a random permutation. Works on 1-D, 2-D and 3-D inputs; binary masks (``max_soft=0``,
+    the paper's default) also on uint8 images.
+
+    Args:
+        alpha: Beta concentration (> 0).
+        decay_power: the spectrum's decay exponent delta (the paper's 3).
+        max_soft: soft-edge half-width as a share of the pixels (0: binary mask).
+        reformulate: draw lambda from Beta(alpha + 1, alpha), the paper's reformulation.
+        p: probability of mixing the batch or each sample.
+        mode: ``"batch"`` (one mask) or ``"elem"`` (one mask per sample).
+        num_classes: number of classes, if known.
+
+    Example:
+        >>> import torch, mixkit
+        >>> out = mixkit.FMix()(torch.rand(2, 3, 32, 32), torch.tensor([0, 1]),
+        ...                     generator=torch.Generator().manual_seed(0))
+        >>> abs(float(out.params.mask.float().mean()) - float(out.params.lam[0])) < 1e-9
+        True
+    """
+
+    spatial_dims = _SPATIAL
+    needs_float = False
+
+    def __init__(
+        self,
+        *,
+        alpha: float = 1.0,
+        decay_power: float = 3.0,
+        max_soft: float = 0.0,
+        reformulate: bool = False,
+        p: float = 1.0,
+        mode: str = "batch",
+        num_classes: int | None = None,
+    ) -> None:
+        super().__init__(p=p, mode=mode, num_classes=num_classes)
+        self.alpha = check_alpha(alpha)
+        self.decay_power = check_range(decay_power, 0.0, math.inf, "decay_power")
+        self.max_soft = check_range(max_soft, 0.0, 0.5, "max_soft")
+        self.reformulate = bool(reformulate)
+
+    def check(self, x: Tensor, y: Tensor) -> None:
+        super().check(x, y)
+        if self.max_soft > 0 and not x.is_floating_point():
+            raise DTypeError(f"x must be floating point when max_soft > 0 (soft masks blend), got {x.dtype}")
+
+    def sample(self, x: Tensor, y: Tensor | None = None, *, generator: torch.Generator | None = None) -> MaskParams:
+        b, spatial = x.shape[0], tuple(x.shape[2:])
+        index = rng.randperm(b, generator=generator)
+        n = 1 if self.mode == "batch" else b
+        a = self.alpha + 1.0 if self.reformulate else self.alpha
+        lam = rng.beta((n,), a, self.alpha, generator=generator)
+        noise = fourier_noise(n, spatial, self.decay_power, generator=generator)
+        mask = binarise_mask(noise, lam, max_soft=self.max_soft, generator=generator)
+        active = self._active(b, generator)
+        rows = _mask_rows(active, self.mode).view((n,) + (1,) * len(spatial))
+        mask = torch.where(rows, mask, 1.0).unsqueeze(1)
+        kept = mask.flatten(1).mean(dim=1).expand(b).clone()
+        mask = mask.bool() if self.max_soft == 0 else mask.float()
+        return MaskParams(index=torch.where(active, index, torch.arange(b)), lam=kept, mask=mask)
+
+    def apply(self, x: Tensor, params: MaskParams) -> Tensor:
+        return mask_blend(x, params.index, params.mask)

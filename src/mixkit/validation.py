@@ -1,0 +1,117 @@
+"""Input checks shared by every method. Each raises an error naming the argument at fault."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from mixkit.errors import DTypeError, HyperParameterError, LabelError, ShapeError
+
+__all__ = [
+    "check_x",
+    "check_labels",
+    "check_alpha",
+    "check_probability",
+    "check_choice",
+    "check_positive_int",
+    "check_range",
+]
+
+
+def check_x(x: Tensor, *, spatial_dims: Sequence[int] | None, needs_float: bool, name: str = "x") -> None:
+    """Check a batch ``(B, C, *spatial)``.
+
+    Args:
+        x: the batch.
+        spatial_dims: allowed numbers of spatial dims (``None``: any rank >= 2).
+        needs_float: whether the method blends values (integer images are then refused).
+        name: the argument's name in messages.
+    """
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if spatial_dims is None:
+        if x.ndim < 2:
+            raise ShapeError(f"{name} must have shape (B, ...) with at least 2 dims, got shape {tuple(x.shape)}")
+    elif x.ndim - 2 not in spatial_dims:
+        layouts = " or ".join(_layout(d) for d in spatial_dims)
+        raise ShapeError(f"{name} must have shape {layouts}, got shape {tuple(x.shape)} ({x.ndim} dims)")
+    if x.shape[0] == 0:
+        raise ShapeError(f"{name} must hold at least one sample, got batch size 0")
+    if needs_float and not x.is_floating_point():
+        raise DTypeError(
+            f"{name} must be floating point for a blending method, got {x.dtype}; convert it first "
+            "(e.g. x.float() / 255)"
+        )
+
+
+_LAYOUTS = {0: "(B, C)", 1: "(B, C, L)", 2: "(B, C, H, W)", 3: "(B, C, D, H, W)"}
+
+
+def _layout(d: int) -> str:
+    return _LAYOUTS.get(d, f"(B, C, <{d} spatial dims>)")
+
+
+def check_labels(y: Tensor, batch_size: int, num_classes: int | None, *, name: str = "y") -> None:
+    """Check integer ``(B,)`` or soft ``(B, K)`` labels against the batch and ``num_classes``."""
+    if not isinstance(y, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of labels, got {type(y).__name__}")
+    if y.ndim == 1:
+        if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+            raise LabelError(f"{name} of shape (B,) must hold integer class indices, got dtype {y.dtype}")
+    elif y.ndim == 2:
+        if not y.is_floating_point():
+            raise LabelError(f"{name} of shape (B, K) must be floating point soft labels, got dtype {y.dtype}")
+        if num_classes is not None and y.shape[1] != num_classes:
+            raise LabelError(f"{name} has {y.shape[1]} columns but num_classes={num_classes}")
+    else:
+        raise ShapeError(f"{name} must have shape (B,) or (B, K), got shape {tuple(y.shape)}")
+    if y.shape[0] != batch_size:
+        raise ShapeError(f"{name} has batch size {y.shape[0]} but x has batch size {batch_size}")
+    if y.ndim == 1 and y.numel():
+        low, high = (int(v) for v in torch.aminmax(y))
+        if low < 0 or (num_classes is not None and high >= num_classes):
+            bound = f"[0, {num_classes})" if num_classes is not None else "[0, num_classes)"
+            raise LabelError(f"{name} holds class indices in [{low}, {high}], outside {bound}")
+
+
+def check_alpha(value: float, name: str = "alpha") -> float:
+    """A Beta concentration: finite and > 0."""
+    value = float(value)
+    if not (value > 0 and math.isfinite(value)):
+        raise HyperParameterError(f"{name} must be a finite number > 0, got {value}")
+    return value
+
+
+def check_probability(value: float, name: str = "p") -> float:
+    """A probability in [0, 1]."""
+    value = float(value)
+    if not 0.0 <= value <= 1.0:
+        raise HyperParameterError(f"{name} must be in [0, 1], got {value}")
+    return value
+
+
+def check_range(value: float, low: float, high: float, name: str) -> float:
+    """A number in the closed interval [low, high]."""
+    value = float(value)
+    if not low <= value <= high:
+        raise HyperParameterError(f"{name} must be in [{low}, {high}], got {value}")
+    return value
+
+
+def check_positive_int(value: int | None, name: str, *, allow_none: bool = True) -> int | None:
+    """A positive integer (or ``None`` where allowed)."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise HyperParameterError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def check_choice(value: str, choices: Sequence[str], name: str) -> str:
+    """One of a fixed set of strings."""
+    if value not in choices:
+        raise HyperParameterError(f"{name} must be one of {list(choices)}, got {value!r}")
+    return value
