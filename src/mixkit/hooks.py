@@ -77,9 +77,9 @@ def mix_features(model: nn.Module, layer: str, fn: Callable[[Tensor], Tensor]) -
     Example:
         >>> import torch
         >>> net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.ReLU())
-        >>> with mix_features(net, "0", lambda h: h * 0):
+        >>> with mix_features(net, "0", lambda h: torch.full_like(h, -1.0)):
         ...     out = net(torch.ones(1, 2))
-        >>> out.tolist()
+        >>> out.tolist()  # the ReLU saw the replaced output
         [[0.0, 0.0]]
     """
     calls = [0]

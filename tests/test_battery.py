@@ -1,0 +1,177 @@
+"""The shared battery: every registered method, the moment it is registered."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import mixkit
+from conftest import gen, needs_model, run_method
+
+METHODS = mixkit.list_methods()
+K = 5
+
+
+def batch(b: int = 6, dtype=torch.float32, seed: int = 0, size: int = 8):
+    g = gen(seed)
+    x = torch.rand(b, 3, size, size, generator=g).to(dtype)
+    y = torch.randint(0, K, (b,), generator=g)
+    return x, y
+
+
+def test_registry_lists_the_first_six():
+    assert set(METHODS) >= {"mixup", "between_class", "cutmix", "resizemix", "fmix", "manifold_mixup"}
+
+
+@pytest.mark.parametrize("name", METHODS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_shape_dtype_device_kept(name, dtype):
+    x, y = batch(dtype=dtype)
+    out, target, params = run_method(mixkit.create(name, num_classes=K), x, y, generator=gen(1))
+    expected = (x.shape[0], K) if needs_model(name) else x.shape
+    assert out.shape == expected and out.dtype == dtype and out.device == x.device
+    assert target.index.shape == target.weight.shape and target.index.shape[0] == x.shape[0]
+    assert params.lam.shape == (x.shape[0],)
+
+
+@pytest.mark.parametrize("name", METHODS)
+@pytest.mark.parametrize("mode", ["batch", "elem"])
+def test_channels_last_kept(name, mode):
+    if needs_model(name):
+        pytest.skip("the output is the model's logits")
+    x, y = batch()
+    x = x.contiguous(memory_format=torch.channels_last)
+    out, _, _ = run_method(mixkit.create(name, mode=mode), x, y, generator=gen(2))
+    assert out.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("name", METHODS)
+@pytest.mark.parametrize("mode", ["batch", "elem"])
+def test_inputs_not_mutated(name, mode):
+    x, y = batch()
+    x0, y0 = x.clone(), y.clone()
+    out, target, _ = run_method(mixkit.create(name, mode=mode, num_classes=K), x, y, generator=gen(3))
+    target.soft()
+    assert torch.equal(x, x0) and torch.equal(y, y0)
+    if not needs_model(name):
+        assert out.data_ptr() != x.data_ptr()  # mixed: a new tensor
+
+
+@pytest.mark.parametrize("name", METHODS)
+@pytest.mark.parametrize("mode", ["batch", "elem"])
+def test_determinism(name, mode):
+    x, y = batch(b=8, size=16)
+    m = mixkit.create(name, mode=mode)
+    a, ta, _ = run_method(m, x, y, generator=gen(7))
+    b, tb, _ = run_method(m, x, y, generator=gen(7))
+    c, tc, _ = run_method(m, x, y, generator=gen(8))
+    assert torch.equal(a, b) and torch.equal(ta.weight, tb.weight) and torch.equal(ta.index, tb.index)
+    assert not (torch.equal(a, c) and torch.equal(ta.weight, tc.weight))
+
+
+@pytest.mark.parametrize("name", METHODS)
+@pytest.mark.parametrize("b", [1, 2, 3, 5])
+@pytest.mark.parametrize("mode", ["batch", "elem"])
+def test_batch_sizes_and_label_mass(name, b, mode):
+    x, y = batch(b=b)
+    _, target, params = run_method(mixkit.create(name, mode=mode, num_classes=K), x, y, generator=gen(b))
+    soft = target.soft()
+    assert soft.shape == (b, K)
+    torch.testing.assert_close(target.weight.sum(dim=1), torch.ones(b))
+    torch.testing.assert_close(soft.sum(dim=1), torch.ones(b))
+    # right mass on the right classes, built independently from the params
+    lam = params.lam.to(torch.float32).unsqueeze(1)
+    expected = lam * F.one_hot(y, K) + (1 - lam) * F.one_hot(y[params.index], K)
+    torch.testing.assert_close(soft, expected)
+    assert ((params.lam >= 0) & (params.lam <= 1)).all()
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_soft_label_input(name):
+    x, y = batch()
+    y_soft = torch.softmax(torch.randn(y.shape[0], K, generator=gen(4)), dim=1)
+    _, target, params = run_method(mixkit.create(name), x, y_soft, generator=gen(5))
+    lam = params.lam.to(torch.float32).unsqueeze(1)
+    torch.testing.assert_close(target.soft(), lam * y_soft + (1 - lam) * y_soft[params.index])
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_pickle_round_trip(name):
+    m = mixkit.create(name, p=0.9, num_classes=K)
+    m2 = pickle.loads(pickle.dumps(m))
+    assert type(m2) is type(m) and m2.hparams == m.hparams and repr(m2) == repr(m)
+    x, y = batch()
+    a, _, _ = run_method(m, x, y, generator=gen(9))
+    b, _, _ = run_method(m2, x, y, generator=gen(9))
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_probability_zero_mixes_nothing(name):
+    x, y = batch()
+    out, target, params = run_method(mixkit.create(name, p=0.0), x, y, generator=gen(6))
+    assert (params.lam == 1).all() and (target.lam == 1).all()
+    if not needs_model(name):
+        assert torch.equal(out, x)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_elem_mode_gives_each_sample_its_lambda(name):
+    x, y = batch(b=16, size=16)
+    _, _, params = run_method(mixkit.create(name, mode="elem"), x, y, generator=gen(10))
+    assert params.lam.unique().numel() > 4
+    _, _, params = run_method(mixkit.create(name, mode="batch"), x, y, generator=gen(10))
+    assert params.lam.unique().numel() == 1
+
+
+@pytest.mark.parametrize("name", [n for n in METHODS if not needs_model(n)])
+def test_apply_replays_params(name):
+    x, y = batch()
+    m = mixkit.create(name, mode="elem")
+    out = m(x, y, generator=gen(11))
+    assert torch.equal(m.apply(x, out.params), out.x)
+
+
+@pytest.mark.parametrize("name", [n for n in METHODS if not needs_model(n)])
+def test_collate_fn(name):
+    data = [(torch.rand(3, 8, 8), i % K) for i in range(10)]
+    loader = torch.utils.data.DataLoader(data, batch_size=4, collate_fn=mixkit.MixCollate(mixkit.create(name)))
+    seen = 0
+    for x, target in loader:
+        assert x.shape[1:] == (3, 8, 8)
+        torch.testing.assert_close(target.soft(K).sum(dim=1), torch.ones(x.shape[0]))
+        seen += x.shape[0]
+    assert seen == 10
+
+
+@pytest.mark.parametrize("name", [n for n in METHODS if not mixkit.method_info(n).cls.needs_float])
+@pytest.mark.parametrize("mode", ["batch", "elem"])
+def test_cutting_methods_work_on_uint8(name, mode):
+    x, y = batch()
+    xu = (x * 255).to(torch.uint8)
+    out = mixkit.create(name, mode=mode)(xu, y, generator=gen(12))
+    assert out.x.dtype == torch.uint8 and out.x.shape == xu.shape
+    # every output value comes from the sample or its partner at the same place (or is a
+    # resized partner value, within the data's range)
+    assert int(out.x.min()) >= int(xu.min()) and int(out.x.max()) <= int(xu.max())
+
+
+@pytest.mark.parametrize("name", [n for n in METHODS if mixkit.method_info(n).cls.needs_float])
+def test_blending_methods_refuse_integer_input(name):
+    if needs_model(name):
+        pytest.skip("checked in test_methods for the model-aware method")
+    x, y = batch()
+    with pytest.raises(mixkit.DTypeError, match="floating point"):
+        mixkit.create(name)((x * 255).to(torch.uint8), y)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_metadata_complete(name):
+    info = mixkit.method_info(name)
+    assert info.family in mixkit.FAMILIES and info.paper and info.year >= 2017 and info.code.startswith("http")
+    assert info.sources == 2 or info.sources == "k" or isinstance(info.sources, int)
+    assert "p" in info.defaults and mixkit.create(name).hparams == info.defaults | {}
+    assert info.cls.__doc__ and "Example" in info.cls.__doc__
