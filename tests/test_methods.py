@@ -61,6 +61,20 @@ def test_between_class_pairs_different_classes_and_uniform_ratio():
     assert abs(float(params.lam.mean()) - 0.5) < 0.01 and abs(float(params.lam.var()) - 1 / 12) < 0.003
 
 
+def test_between_class_partner_is_uniform_over_other_classes():
+    from mixkit.methods.linear import different_class_partners
+
+    y = torch.tensor([1, 0, 1, 2, 0, 1])
+    g = gen(3)
+    counts = torch.zeros(6, 6)
+    for _ in range(3000):
+        counts[torch.arange(6), different_class_partners(y, generator=g)] += 1
+    allowed = (y.unsqueeze(0) != y.unsqueeze(1)).double()
+    assert torch.equal(counts > 0, allowed > 0)
+    expected = allowed / allowed.sum(dim=1, keepdim=True) * 3000
+    assert float(((counts - expected).abs() / expected.clamp_min(1))[allowed > 0].max()) < 0.12
+
+
 def test_between_class_single_class_batch_falls_back_to_other_rows():
     y = torch.zeros(5, dtype=torch.long)
     params = mixkit.BetweenClass().sample(torch.zeros(5, 2), y, generator=gen(0))

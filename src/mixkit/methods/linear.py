@@ -79,19 +79,29 @@ def _class_ids(y: Tensor) -> Tensor:
 def different_class_partners(y: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
     """``(B,)`` partner rows drawn uniformly among the rows of another class.
 
-    A row with no other class in the batch gets a uniform partner among the other rows (or
-    itself when the batch holds one sample).
+    O(B log B): rows are sorted by class, and the u-th row outside a class is found by
+    skipping that class's contiguous run. A row whose class fills the batch gets a uniform
+    partner among the other rows (itself when the batch holds one sample).
     """
     cls = _class_ids(y).cpu()
     b = cls.shape[0]
     if b == 1:
         return torch.zeros(1, dtype=torch.long)
-    weights = (cls.unsqueeze(0) != cls.unsqueeze(1)).to(torch.float64)
-    lonely = weights.sum(dim=1) == 0
-    if bool(lonely.any()):
-        others = 1.0 - torch.eye(b, dtype=torch.float64)
-        weights = torch.where(lonely.unsqueeze(1), others, weights)
-    return torch.multinomial(weights, 1, generator=generator).squeeze(1)
+    cls_sorted, order = torch.sort(cls, stable=True)
+    _, inverse, counts = torch.unique_consecutive(cls_sorted, return_inverse=True, return_counts=True)
+    starts = torch.cumsum(counts, 0) - counts
+    n_own = counts[inverse]  # per sorted position: size of its class
+    start_own = starts[inverse]
+    alone = n_own == b
+    # skip the own class's run; a class filling the batch skips only the row itself
+    skip_len = torch.where(alone, torch.ones_like(n_own), n_own)
+    skip_at = torch.where(alone, torch.arange(b), start_own)
+    u = torch.floor(rng.uniform((b,), generator=generator) * (b - skip_len)).long()
+    pos = torch.where(u < skip_at, u, u + skip_len)
+    partner_sorted = order[pos]  # partner of the row at each sorted position
+    partners = torch.empty_like(partner_sorted)
+    partners[order] = partner_sorted
+    return partners
 
 
 @register(
