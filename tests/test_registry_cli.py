@@ -95,3 +95,10 @@ def test_demo_writes_a_picture(fake_fashion, tmp_path, capsys):
     assert cli.main(["demo", "--data-dir", str(fake_fashion), "--out", str(out), "--columns", "3"]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert str(out) in capsys.readouterr().out
+
+
+def test_docs_methods_table_is_current():
+    from pathlib import Path
+
+    doc = Path(__file__).resolve().parents[1] / "docs" / "methods.md"
+    assert doc.read_text() == cli.methods_markdown(mixkit.list_methods()), "run `make docs`"

@@ -19,11 +19,35 @@ def _cmd_list(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([method_info(n).to_dict() for n in names], indent=2, default=str))
         return 0
+    if args.markdown:
+        print(methods_markdown(names), end="")
+        return 0
     rows = [(n, method_info(n).family, str(method_info(n).year), method_info(n).paper) for n in names]
     widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(("name", "family", "year", "paper"))]
     for row in [("name", "family", "year", "paper")] + rows:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
     return 0
+
+
+def methods_markdown(names: Sequence[str]) -> str:
+    """The methods table of ``docs/methods.md``, read from the registry."""
+    lines = [
+        "# Methods",
+        "",
+        "Generated from the registry by `mixkit list --markdown` (`make docs`); do not edit by hand.",
+        "Lambda is always the weight of the original sample. `needs` is what the method needs",
+        "besides the batch; `sources` is how many labels a mixed label combines.",
+        "",
+        "| name | family | paper | needs | sources | paper defaults | reference code |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for n in names:
+        info = method_info(n)
+        defaults = ", ".join(f"`{k}={v!r}`" for k, v in info.defaults.items())
+        needs = ", ".join(info.needs) or "nothing"
+        paper = f"{info.paper} ({info.authors}, {info.venue})"
+        lines.append(f"| `{n}` | {info.family} | {paper} | {needs} | {info.sources} | {defaults} | {info.code} |")
+    return "\n".join(lines) + "\n"
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -53,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("pattern", nargs="?", default="*", help="shell-style name pattern (default: *)")
     p.add_argument("--family", choices=FAMILIES, help="only this family")
     p.add_argument("--json", action="store_true", help="print every method's metadata as JSON")
+    p.add_argument("--markdown", action="store_true", help="print the docs/methods.md table")
     p.set_defaults(func=_cmd_list)
 
     p = sub.add_parser("info", help="print one method's metadata as JSON")

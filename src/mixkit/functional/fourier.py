@@ -75,15 +75,16 @@ def binarise_mask(
     flat = noise.reshape(n, -1)
     total = flat.shape[1]
     order = torch.argsort(flat, dim=1, descending=True)
-    rank = torch.empty_like(order)
-    rank.scatter_(1, order, torch.arange(total).expand(n, total).contiguous())
     lam = lam.to(torch.float64)
     up = rng.uniform((n,), generator=generator) > 0.5
-    num = torch.where(up, torch.ceil(lam * total), torch.floor(lam * total)).long()
-    eff = torch.where((lam < max_soft) | (1 - lam < max_soft), torch.minimum(lam, 1 - lam), torch.full_like(lam, max_soft))
-    soft = (eff * total).long()
-    low, high = (num - soft).unsqueeze(1), (num + soft).unsqueeze(1)
-    width = (high - low - 1).clamp_min(1).to(torch.float64)
-    ramp = 1.0 - (rank - low).to(torch.float64) / width
-    mask = torch.where(rank < low, 1.0, torch.where(rank >= high, 0.0, ramp))
-    return mask.view(noise.shape)
+    num = torch.where(up, torch.ceil(lam * total), torch.floor(lam * total)).long().unsqueeze(1)
+    pos = torch.arange(total).unsqueeze(0)  # position in brightness order
+    if max_soft > 0:
+        eff = torch.where((lam < max_soft) | (1 - lam < max_soft), torch.minimum(lam, 1 - lam), torch.full_like(lam, max_soft))
+        soft = (eff * total).long().unsqueeze(1)
+        low, high = num - soft, num + soft
+        ramp = 1.0 - (pos - low).to(torch.float64) / (high - low - 1).clamp_min(1).to(torch.float64)
+        by_rank = torch.where(pos < low, 1.0, torch.where(pos >= high, 0.0, ramp))
+    else:
+        by_rank = (pos < num).to(torch.float64)
+    return torch.empty_like(flat).scatter_(1, order, by_rank).view(noise.shape)

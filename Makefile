@@ -1,0 +1,33 @@
+# Two commands do all the set-up on a fresh machine:
+#   make demo   - virtual environment, torch, mixkit, Fashion-MNIST; renders out/methods.png
+#   make test   - virtual environment, torch, mixkit; runs the test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.mixkit-installed
+
+.PHONY: demo test data bench-times docs clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[test,plot]'
+	touch $(STAMP)
+
+data:
+	sh scripts/fetch-data.sh
+
+demo: $(STAMP) data
+	$(BIN)/mixkit demo --out out/methods.png
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+bench-times: $(STAMP)
+	$(BIN)/python bench/method_times.py --out bench/results/method_times.json
+
+docs: $(STAMP)
+	$(BIN)/mixkit list --markdown > docs/methods.md
+
+clean:
+	rm -rf $(VENV) out

@@ -1,0 +1,89 @@
+"""Time every registered method on one batch: sampling plus mixing, forward only.
+
+Usage:
+    python bench/method_times.py [--size 224] [--batch 128] [--repeats 15] [--out bench/results/method_times.json]
+
+For each method and mode ("batch", "elem") it runs ``method(x, y)`` (``method.sample`` then
+``method.apply``, for feature-level methods the mix of the input itself) ``--warmup`` times,
+then ``--repeats`` times, and records the median and the interquartile range in
+milliseconds, with the thread count, torch version and machine. Results go to a JSON file
+and a Markdown table on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+import mixkit
+
+
+def time_call(fn, warmup: int, repeats: int) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1000)
+    return times
+
+
+def make_call(name: str, mode: str, x: torch.Tensor, y: torch.Tensor, g: torch.Generator):
+    method = mixkit.create(name, mode=mode)
+    if "model" in mixkit.method_info(name).needs:  # time the feature mix itself, on x
+        def call():
+            params = method.sample(x, y, generator=g)
+            return method.apply(x, params)
+    else:
+        def call():
+            return method(x, y, generator=g).x
+    return call
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--methods", nargs="*", default=None)
+    parser.add_argument("--out", default="bench/results/method_times.json")
+    args = parser.parse_args()
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(args.batch, 3, args.size, args.size, generator=g)
+    y = torch.randint(0, 10, (args.batch,), generator=g)
+    rows = []
+    for name in args.methods or mixkit.list_methods():
+        for mode in ("batch", "elem"):
+            t = time_call(make_call(name, mode, x, y, g), args.warmup, args.repeats)
+            q = statistics.quantiles(t, n=4)
+            rows.append({"method": name, "mode": mode, "median_ms": statistics.median(t), "q1_ms": q[0], "q3_ms": q[2]})
+            print(f"{name:16s} {mode:5s} median {rows[-1]['median_ms']:8.1f} ms  IQR [{q[0]:.1f}, {q[2]:.1f}]", flush=True)
+    result = {
+        "input": {"shape": list(x.shape), "dtype": str(x.dtype), "device": str(x.device)},
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "machine": {"platform": platform.platform(), "processor": platform.processor(), "python": platform.python_version()},
+        "warmup": args.warmup,
+        "repeats": args.repeats,
+        "rows": rows,
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\n| method | mode | median (ms) | IQR (ms) |\n|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['method']} | {r['mode']} | {r['median_ms']:.1f} | {r['q1_ms']:.1f}-{r['q3_ms']:.1f} |")
+    print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()
