@@ -101,3 +101,18 @@ def test_empty_batch():
 def test_errors_are_standard_exceptions_too():
     assert issubclass(mixkit.ShapeError, ValueError) and issubclass(mixkit.DTypeError, TypeError)
     assert issubclass(mixkit.UnknownMethodError, KeyError) and issubclass(mixkit.LabelError, mixkit.MixkitError)
+
+
+def test_bad_hyperparameter_values_name_the_argument():
+    with pytest.raises(mixkit.HyperParameterError, match="scale"):
+        mixkit.create("resizemix", scale=0.5)
+    with pytest.raises(mixkit.HyperParameterError, match="decay_power"):
+        mixkit.create("fmix", decay_power=float("inf"))
+    with pytest.raises(mixkit.HyperParameterError, match="alpha must be a number"):
+        mixkit.create("mixup", alpha="a")
+
+
+@pytest.mark.parametrize("name", ["cutmix", "fmix", "resizemix", "mixup"])
+def test_empty_spatial_dimension(name):
+    with pytest.raises(mixkit.ShapeError, match="empty dimension"):
+        mixkit.create(name)(torch.rand(4, 3, 0, 8), Y)

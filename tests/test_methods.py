@@ -324,3 +324,86 @@ def test_mask_params_replay_on_features():
     mixed = fm.apply(feats, out.params)
     torch.testing.assert_close(mixed, torch.where(out.params.mask, feats, feats[out.params.index]))
     assert isinstance(out.params, MaskParams)
+
+
+# ------------------------------------------------------------------ review follow-ups
+def test_bc_plus_leaves_a_lone_sample_unchanged():
+    x, y = torch.rand(1, 3, 4, 4), torch.tensor([2])
+    out = mixkit.BetweenClass(plus=True)(x, y, generator=gen(0))
+    assert torch.equal(out.x, x) and out.target.lam.tolist() == [1.0]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_blend_uses_float32_weights(dtype):
+    x = torch.rand(4, 3, 4, 4, generator=gen(0)).to(dtype)
+    params = BlendParams(index=torch.tensor([1, 2, 3, 0]), lam=torch.tensor([0.999, 0.3, 0.5, 0.001], dtype=torch.float64))
+    out = mixkit.MixUp().apply(x, params)
+    xf = x.float()
+    ref = (params.lam.float().view(-1, 1, 1, 1) * xf + (1 - params.lam.float().view(-1, 1, 1, 1)) * xf[params.index]).to(dtype)
+    assert torch.equal(out, ref)
+
+
+def test_apply_checks_params_against_the_tensor():
+    x = torch.rand(4, 3, 8, 8)
+    for name in ("mixup", "cutmix", "fmix", "resizemix"):
+        m = mixkit.create(name, mode="elem")
+        params = m.sample(x, torch.arange(4), generator=gen(0))
+        with pytest.raises(mixkit.ShapeError, match="batch"):
+            m.apply(torch.rand(6, 3, 8, 8), params)
+    cut = mixkit.CutMix()
+    big = BoxParams(index=torch.arange(4), lam=torch.ones(4, dtype=torch.float64), boxes=torch.tensor([[0, 0, 8, 8]]))
+    with pytest.raises(mixkit.ShapeError, match="spatial size"):
+        cut.apply(torch.rand(4, 3, 4, 4), big)
+    fm = mixkit.FMix()
+    params = fm.sample(x, generator=gen(1))
+    with pytest.raises(mixkit.ShapeError, match="mask"):
+        fm.apply(torch.rand(4, 3, 4, 4), params)
+
+
+def test_replayed_empty_resize_box_is_a_copy():
+    x = torch.rand(3, 2, 8, 8)
+    m = mixkit.ResizeMix(p=0.0)
+    out = m.apply(x, m.sample(x, generator=gen(0)))
+    assert torch.equal(out, x) and out.data_ptr() != x.data_ptr()
+
+
+def test_manifold_mixup_layer_with_another_batch_axis(tiny_net):
+    class SeqFirst(torch.nn.Module):
+        def forward(self, h):
+            return h.transpose(0, 1)
+
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 5), SeqFirst())
+    with pytest.raises(mixkit.ShapeError, match="output of layer '2'"):
+        mixkit.ManifoldMixup(layers=["2"])(torch.rand(4, 3, 2, 2), torch.arange(4), model=net)
+
+
+def test_blends_gradcheck():
+    x = torch.rand(3, 2, 3, 3, dtype=torch.float64, generator=gen(0), requires_grad=True)
+    index = torch.tensor([2, 0, 1])
+    lam = torch.tensor([0.2, 0.7, 0.5], dtype=torch.float64)
+    soft_mask = torch.rand(3, 1, 3, 3, dtype=torch.float64, generator=gen(1))
+    assert torch.autograd.gradcheck(lambda z: MF.blend(z, index, lam), (x,))
+    assert torch.autograd.gradcheck(lambda z: MF.bc_plus_blend(z, index, lam), (x,))
+    assert torch.autograd.gradcheck(lambda z: MF.mask_blend(z, index, soft_mask), (x,))
+    m = soft_mask.clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda mm: MF.mask_blend(x.detach(), index, mm), (m,))
+
+
+def test_fmix_lambda_statistics_match_beta():
+    x = torch.zeros(4000, 1, 16, 16)
+    lam = mixkit.FMix(mode="elem").sample(x, generator=gen(2)).lam  # Beta(1, 1) = U(0, 1), realised
+    assert abs(float(lam.mean()) - 0.5) < 0.015 and abs(float(lam.var()) - 1 / 12) < 0.006
+
+
+def test_cutmix_realised_lambda_matches_the_reference_rule_in_distribution():
+    """An independent numpy simulation of the reference code's box rule, same statistics."""
+    n, size = 20000, 32
+    lam = mixkit.CutMix(mode="elem").sample(torch.zeros(n, 1, size, size), generator=gen(3)).lam.numpy()
+    r = np.random.default_rng(0)
+    draw = r.beta(1.0, 1.0, n)
+    cut = (size * np.sqrt(1 - draw)).astype(int)
+    cx, cy = r.integers(0, size, n), r.integers(0, size, n)
+    w = np.clip(cx + cut // 2, 0, size) - np.clip(cx - cut // 2, 0, size)
+    h = np.clip(cy + cut // 2, 0, size) - np.clip(cy - cut // 2, 0, size)
+    ref = 1 - w * h / size**2
+    assert abs(lam.mean() - ref.mean()) < 0.01 and abs(lam.std() - ref.std()) < 0.01

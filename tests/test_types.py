@@ -45,3 +45,19 @@ def test_soft_needs_num_classes_for_integer_labels():
 def test_weights_float64_for_float64_soft_labels():
     t = MixTarget.unmixed(torch.rand(2, 3, dtype=torch.float64))
     assert t.weight.dtype == torch.float64 and t.soft().dtype == torch.float64
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int32, torch.int16])
+def test_narrow_integer_labels_work(dtype):
+    y = torch.tensor([0, 2, 1], dtype=dtype)
+    out = mixkit.MixUp(num_classes=3)(torch.rand(3, 2), y, generator=torch.Generator().manual_seed(0))
+    assert out.target.soft().shape == (3, 3)
+    assert mixkit.mixup_cross_entropy(torch.randn(3, 3), out.target).isfinite()
+
+
+def test_out_of_range_labels_in_a_target():
+    t = MixTarget.unmixed(torch.tensor([0, 1, 7]))
+    with pytest.raises(mixkit.LabelError, match="outside"):
+        t.soft(num_classes=4)
+    with pytest.raises(mixkit.LabelError, match="outside"):
+        mixkit.mixup_cross_entropy(torch.randn(3, 4), t)

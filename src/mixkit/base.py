@@ -17,7 +17,7 @@ from torch import Tensor
 
 from mixkit import rng
 from mixkit.types import MixOutput, MixTarget, Params
-from mixkit.validation import check_choice, check_labels, check_positive_int, check_probability, check_x
+from mixkit.validation import check_choice, check_labels, check_params, check_positive_int, check_probability, check_x
 
 __all__ = ["MixMethod", "MixCollate"]
 
@@ -60,7 +60,16 @@ class MixMethod:
         raise NotImplementedError
 
     def apply(self, x: Tensor, params: Params) -> Tensor:
-        """Mix ``x`` (or any tensor with the same batch size, e.g. features) with ``params``."""
+        """Mix ``x`` (or any tensor with the same batch size, e.g. features) with ``params``.
+
+        The params are checked against ``x`` (batch size, box and mask sizes); ``x`` is never
+        modified and the result is always a new tensor.
+        """
+        check_params(x, params)
+        return self._mix(x, params)
+
+    def _mix(self, x: Tensor, params: Params) -> Tensor:
+        """The method's mixing, on params known to fit ``x``."""
         raise NotImplementedError
 
     def target(self, y: Tensor, params: Params) -> MixTarget:
@@ -81,13 +90,13 @@ class MixMethod:
             generator: CPU generator for the draws (torch's global one if ``None``).
 
         Returns:
-            The mixed batch, its target and the params. When nothing is mixed (probability
-            ``p`` said no) ``out.x`` is ``x`` itself, not a copy.
+            The mixed batch (always a new tensor, a plain copy when probability ``p`` said no),
+            its target and the params.
         """
         rng.check_generator(generator)
         self.check(x, y)
         params = self.sample(x, y, generator=generator)
-        mixed = x if bool(params.lam.eq(1).all()) else self.apply(x, params)
+        mixed = x.clone() if bool(params.lam.eq(1).all()) else self._mix(x, params)
         return MixOutput(mixed, self.target(y, params), params)
 
     # ------------------------------------------------------------------------------ helpers
@@ -96,6 +105,11 @@ class MixMethod:
         if self.mode == "batch":
             return rng.bernoulli((1,), self.p, generator=generator).expand(b)
         return rng.bernoulli((b,), self.p, generator=generator)
+
+    @staticmethod
+    def _partner(index: Tensor, active: Tensor) -> Tensor:
+        """Partner rows, with inactive samples paired with themselves."""
+        return torch.where(active, index, torch.arange(index.shape[0]))
 
     def _per_sample(self, b: int, draw: Callable[[tuple[int, ...]], Tensor]) -> Tensor:
         """Call ``draw(size)`` once for the batch or once per sample, as ``mode`` says."""

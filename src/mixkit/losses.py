@@ -12,7 +12,7 @@ from torch import Tensor
 
 from mixkit.errors import HyperParameterError, LabelError, ShapeError
 from mixkit.types import MixTarget
-from mixkit.validation import check_labels
+from mixkit.validation import check_label_range, check_labels
 
 __all__ = ["mixup_cross_entropy", "mixup_binary_cross_entropy", "as_target"]
 
@@ -38,6 +38,8 @@ def _check(logits: Tensor, target: MixTarget | Tensor, reduction: str, smoothing
     if not isinstance(target, MixTarget):
         check_labels(target, logits.shape[0], logits.shape[1], name="target")
     t = as_target(target, logits.shape[1])
+    if t.labels.ndim == 1:
+        check_label_range(t.labels, logits.shape[1], name="target.labels")
     if t.index.shape[0] != logits.shape[0]:
         raise ShapeError(f"target has batch size {t.index.shape[0]} but logits have {logits.shape[0]}")
     if t.num_classes is not None and t.num_classes != logits.shape[1]:
@@ -103,8 +105,9 @@ def mixup_binary_cross_entropy(
 
     As timm's ``BinaryCrossEntropy``: the dense soft target (with optional smoothing) is
     optionally binarised at ``target_threshold`` (``t > threshold``), then each class is a
-    sigmoid output. ``"mean"`` averages over samples and classes; ``"none"`` gives the
-    per-sample mean over classes, ``(B,)``.
+    sigmoid output. The per-sample loss is the mean over classes: ``"none"`` returns it
+    ``(B,)``, ``"mean"`` averages it over samples (= the mean over all entries), ``"sum"``
+    sums it over samples.
 
     Args:
         logits: ``(B, K)`` scores.
@@ -121,7 +124,7 @@ def mixup_binary_cross_entropy(
     dense = t.to(logits.device).soft(logits.shape[1], smoothing).to(work)
     if target_threshold is not None:
         dense = (dense > target_threshold).to(work)
+    if pos_weight is not None:
+        pos_weight = pos_weight.to(device=logits.device, dtype=work)
     loss = F.binary_cross_entropy_with_logits(logits.to(work), dense, pos_weight=pos_weight, reduction="none")
-    if reduction == "none":
-        return loss.mean(dim=1)
-    return _reduce(loss, reduction)
+    return _reduce(loss.mean(dim=1), reduction)

@@ -60,6 +60,11 @@ class MixTarget:
     weight: Tensor
     num_classes: int | None = None
 
+    def __post_init__(self) -> None:
+        # integer labels of any width (uint8, int32...) are used as int64 indices
+        if not self.labels.is_floating_point() and self.labels.dtype != torch.int64:
+            object.__setattr__(self, "labels", self.labels.long())
+
     @classmethod
     def unmixed(cls, labels: Tensor, num_classes: int | None = None) -> MixTarget:
         """The target of a batch that was not mixed (k = 1, weight 1)."""
@@ -111,6 +116,8 @@ class MixTarget:
         Smoothing maps each source's one-hot (or soft) label ``e`` to ``(1 - s) * e + s / K``
         before mixing.
         """
+        from mixkit.validation import check_label_range
+
         if not 0.0 <= smoothing < 1.0:
             raise LabelError(f"smoothing must be in [0, 1), got {smoothing}")
         kc = self.resolve_num_classes(num_classes)
@@ -118,6 +125,7 @@ class MixTarget:
             src = self.labels[self.index].to(self.weight.dtype)  # (B, k, K)
             dense = (self.weight.unsqueeze(-1) * src).sum(dim=1)
         else:
+            check_label_range(self.labels, kc, name="target.labels")
             dense = torch.zeros(self.index.shape[0], kc, dtype=self.weight.dtype, device=self.weight.device)
             dense.scatter_add_(1, self.labels[self.index], self.weight)
         if smoothing:
@@ -174,6 +182,8 @@ class MaskParams(Params):
 
     Attributes:
         mask: ``(N, 1, *spatial)`` with N = 1 or B; 1 keeps the sample, 0 takes the partner.
+            A bool mask copies values (a hard mask, fine on uint8 images); a float mask in
+            [0, 1] blends them (a soft mask).
     """
 
     mask: Tensor

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from mixkit.errors import DTypeError, HyperParameterError, LabelError, ShapeError
+from mixkit.types import BoxParams, MaskParams, Params
 
 __all__ = [
     "check_x",
@@ -18,6 +19,8 @@ __all__ = [
     "check_choice",
     "check_positive_int",
     "check_range",
+    "check_params",
+    "check_label_range",
 ]
 
 
@@ -40,6 +43,8 @@ def check_x(x: Tensor, *, spatial_dims: Sequence[int] | None, needs_float: bool,
         raise ShapeError(f"{name} must have shape {layouts}, got shape {tuple(x.shape)} ({x.ndim} dims)")
     if x.shape[0] == 0:
         raise ShapeError(f"{name} must hold at least one sample, got batch size 0")
+    if 0 in x.shape[1:]:
+        raise ShapeError(f"{name} has an empty dimension: shape {tuple(x.shape)}")
     if needs_float and not x.is_floating_point():
         raise DTypeError(
             f"{name} must be floating point for a blending method, got {x.dtype}; convert it first "
@@ -70,16 +75,56 @@ def check_labels(y: Tensor, batch_size: int, num_classes: int | None, *, name: s
         raise ShapeError(f"{name} must have shape (B,) or (B, K), got shape {tuple(y.shape)}")
     if y.shape[0] != batch_size:
         raise ShapeError(f"{name} has batch size {y.shape[0]} but x has batch size {batch_size}")
-    if y.ndim == 1 and y.numel():
-        low, high = (int(v) for v in torch.aminmax(y))
-        if low < 0 or (num_classes is not None and high >= num_classes):
-            bound = f"[0, {num_classes})" if num_classes is not None else "[0, num_classes)"
-            raise LabelError(f"{name} holds class indices in [{low}, {high}], outside {bound}")
+    if y.ndim == 1:
+        check_label_range(y, num_classes, name=name)
+
+
+def check_label_range(y: Tensor, num_classes: int | None, *, name: str = "y") -> None:
+    """Integer labels must lie in ``[0, num_classes)`` (``[0, inf)`` if it is unknown)."""
+    if not y.numel():
+        return
+    low, high = (int(v) for v in torch.aminmax(y))
+    if low < 0 or (num_classes is not None and high >= num_classes):
+        bound = f"[0, {num_classes})" if num_classes is not None else "[0, num_classes)"
+        raise LabelError(f"{name} holds class indices in [{low}, {high}], outside {bound}")
+
+
+def check_params(x: Tensor, params: Params, *, name: str = "x") -> None:
+    """Params must fit the tensor they are applied to: batch size, box and mask sizes."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    b = x.shape[0] if x.ndim else 0
+    if params.index.shape != (b,) or params.lam.shape != (b,):
+        raise ShapeError(
+            f"params are for a batch of {params.index.shape[0]} samples but {name} has batch size {b} "
+            f"(shape {tuple(x.shape)})"
+        )
+    spatial = tuple(x.shape[2:])
+    if isinstance(params, BoxParams):
+        d = params.boxes.shape[1] // 2
+        if d != len(spatial) or params.boxes.shape[0] not in (1, b):
+            raise ShapeError(f"boxes of shape {tuple(params.boxes.shape)} do not fit {name} of shape {tuple(x.shape)}")
+        ends = params.boxes[:, d:].amax(dim=0).tolist()
+        if any(e > s for e, s in zip(ends, spatial)):
+            raise ShapeError(f"boxes reach {ends} but {name} has spatial size {spatial}; sample params for this size")
+    if isinstance(params, MaskParams):
+        m = params.mask
+        if m.ndim != x.ndim or m.shape[0] not in (1, b) or m.shape[1] != 1 or tuple(m.shape[2:]) != spatial:
+            raise ShapeError(f"mask of shape {tuple(m.shape)} does not fit {name} of shape {tuple(x.shape)}")
+
+
+def _number(value: float, name: str) -> float:
+    if isinstance(value, bool):
+        raise HyperParameterError(f"{name} must be a number, got {value!r}")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise HyperParameterError(f"{name} must be a number, got {value!r}") from None
 
 
 def check_alpha(value: float, name: str = "alpha") -> float:
     """A Beta concentration: finite and > 0."""
-    value = float(value)
+    value = _number(value, name)
     if not (value > 0 and math.isfinite(value)):
         raise HyperParameterError(f"{name} must be a finite number > 0, got {value}")
     return value
@@ -87,7 +132,7 @@ def check_alpha(value: float, name: str = "alpha") -> float:
 
 def check_probability(value: float, name: str = "p") -> float:
     """A probability in [0, 1]."""
-    value = float(value)
+    value = _number(value, name)
     if not 0.0 <= value <= 1.0:
         raise HyperParameterError(f"{name} must be in [0, 1], got {value}")
     return value
@@ -95,7 +140,7 @@ def check_probability(value: float, name: str = "p") -> float:
 
 def check_range(value: float, low: float, high: float, name: str) -> float:
     """A number in the closed interval [low, high]."""
-    value = float(value)
+    value = _number(value, name)
     if not low <= value <= high:
         raise HyperParameterError(f"{name} must be in [{low}, {high}], got {value}")
     return value

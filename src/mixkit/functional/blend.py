@@ -29,16 +29,24 @@ def _per_row(lam: Tensor, like: Tensor) -> Tensor | float:
     return lam.to(device=like.device, dtype=like.dtype).view(shape)
 
 
+_HALF = (torch.float16, torch.bfloat16)
+
+
 def blend(x: Tensor, index: Tensor, lam: Tensor) -> Tensor:
     """``lam * x + (1 - lam) * x[index]``, out of place.
+
+    Half-precision inputs are blended in float32 (so a per-sample lambda is not rounded to
+    the input's precision) and cast back.
 
     Args:
         x: ``(B, ...)`` float tensor.
         index: ``(B,)`` partner rows.
         lam: ``(B,)`` weight of each row's own sample (exact at 0 and 1).
     """
-    partner = x.index_select(0, index.to(x.device))
-    return match_format(torch.lerp(partner, x, _per_row(lam, x)), x)
+    work = x.float() if x.dtype in _HALF else x
+    partner = work.index_select(0, index.to(x.device))
+    out = torch.lerp(partner, work, _per_row(lam, work))
+    return match_format(out.to(x.dtype), x)
 
 
 def bc_plus_blend(x: Tensor, index: Tensor, ratio: Tensor) -> Tensor:

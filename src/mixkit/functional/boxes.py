@@ -110,6 +110,8 @@ def paste_resized(x: Tensor, index: Tensor, boxes: Tensor) -> Tensor:
     if boxes.shape[0] == 1:
         region = _slices(boxes[0], d)
         sides = [s.stop - s.start for s in region[2:]]
+        if min(sides) <= 0:
+            return x.clone()
         src = x.index_select(0, index).to(work)
         small = F.interpolate(src, size=sides, mode=_interp_mode(d), align_corners=False)
         out = x.clone()

@@ -14,7 +14,6 @@ sample that was kept.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -22,7 +21,7 @@ from torch import Tensor
 
 from mixkit import rng
 from mixkit.base import MixMethod
-from mixkit.errors import DTypeError
+from mixkit.errors import DTypeError, HyperParameterError
 from mixkit.functional.blend import mask_blend
 from mixkit.functional.boxes import box_fraction, paste_boxes, paste_resized, sample_cut_boxes
 from mixkit.functional.fourier import binarise_mask, fourier_noise
@@ -100,9 +99,9 @@ class CutMix(MixMethod):
         active = self._active(b, generator)
         boxes = _empty_inactive(boxes, _mask_rows(active, self.mode))
         kept = (1.0 - box_fraction(boxes, spatial)).expand(b).clone()
-        return BoxParams(index=torch.where(active, index, torch.arange(b)), lam=kept, boxes=boxes)
+        return BoxParams(index=self._partner(index, active), lam=kept, boxes=boxes)
 
-    def apply(self, x: Tensor, params: BoxParams) -> Tensor:
+    def _mix(self, x: Tensor, params: BoxParams) -> Tensor:
         return paste_boxes(x, params.index, params.boxes)
 
 
@@ -151,12 +150,12 @@ class ResizeMix(MixMethod):
         num_classes: int | None = None,
     ) -> None:
         super().__init__(p=p, mode=mode, num_classes=num_classes)
-        if len(scale) != 2:
-            raise ValueError(f"scale must be a pair (low, high), got {scale!r}")
+        if isinstance(scale, (str, bytes)) or not isinstance(scale, Sequence) or len(scale) != 2:
+            raise HyperParameterError(f"scale must be a pair (low, high) with 0 < low <= high <= 1, got {scale!r}")
         low = check_range(scale[0], 0.0, 1.0, "scale[0]")
         high = check_range(scale[1], low, 1.0, "scale[1]")
         if low <= 0:
-            raise ValueError(f"scale[0] must be > 0, got {low}")
+            raise HyperParameterError(f"scale[0] must be > 0, got {low}")
         self.scale = (low, high)
 
     def sample(self, x: Tensor, y: Tensor | None = None, *, generator: torch.Generator | None = None) -> ResizeParams:
@@ -173,9 +172,9 @@ class ResizeMix(MixMethod):
         active = self._active(b, generator)
         boxes = _empty_inactive(torch.stack(starts + ends, dim=1), _mask_rows(active, self.mode))
         kept = (1.0 - box_fraction(boxes, spatial)).expand(b).clone()
-        return ResizeParams(index=torch.where(active, index, torch.arange(b)), lam=kept, boxes=boxes)
+        return ResizeParams(index=self._partner(index, active), lam=kept, boxes=boxes)
 
-    def apply(self, x: Tensor, params: ResizeParams) -> Tensor:
+    def _mix(self, x: Tensor, params: ResizeParams) -> Tensor:
         return paste_resized(x, params.index, params.boxes)
 
 
@@ -233,7 +232,7 @@ class FMix(MixMethod):
     ) -> None:
         super().__init__(p=p, mode=mode, num_classes=num_classes)
         self.alpha = check_alpha(alpha)
-        self.decay_power = check_range(decay_power, 0.0, math.inf, "decay_power")
+        self.decay_power = check_range(decay_power, 0.0, 1e3, "decay_power")
         self.max_soft = check_range(max_soft, 0.0, 0.5, "max_soft")
         self.reformulate = bool(reformulate)
 
@@ -255,7 +254,7 @@ class FMix(MixMethod):
         mask = torch.where(rows, mask, 1.0).unsqueeze(1)
         kept = mask.flatten(1).mean(dim=1).expand(b).clone()
         mask = mask.bool() if self.max_soft == 0 else mask.float()
-        return MaskParams(index=torch.where(active, index, torch.arange(b)), lam=kept, mask=mask)
+        return MaskParams(index=self._partner(index, active), lam=kept, mask=mask)
 
-    def apply(self, x: Tensor, params: MaskParams) -> Tensor:
+    def _mix(self, x: Tensor, params: MaskParams) -> Tensor:
         return mask_blend(x, params.index, params.mask)

@@ -20,7 +20,7 @@ from mixkit.functional.blend import blend
 from mixkit.hooks import INPUT, mix_features
 from mixkit.registry import register
 from mixkit.types import LayerParams, ModelMixOutput
-from mixkit.validation import check_alpha, check_labels, check_x
+from mixkit.validation import check_alpha, check_labels, check_params, check_x
 
 __all__ = ["ManifoldMixup"]
 
@@ -90,18 +90,20 @@ class ManifoldMixup(MixMethod):
         lam = self._per_sample(b, lambda size: rng.beta(size, self.alpha, self.alpha, generator=generator))
         layer = self.layers[int(rng.randint(0, len(self.layers), (1,), generator=generator))]
         active = self._active(b, generator)
-        return LayerParams(
-            index=torch.where(active, index, torch.arange(b)), lam=torch.where(active, lam, 1.0), layer=layer
-        )
+        return LayerParams(index=self._partner(index, active), lam=torch.where(active, lam, 1.0), layer=layer)
 
-    def apply(self, x: Tensor, params: LayerParams) -> Tensor:
+    def _mix(self, x: Tensor, params: LayerParams) -> Tensor:
         """Blend any ``(B, ...)`` tensor (the chosen layer's output) with ``params``."""
         return blend(x, params.index, params.lam)
 
     @contextmanager
     def mixing(self, model: nn.Module, params: LayerParams) -> Iterator[None]:
         """Within the block, ``model``'s forward mixes ``params.layer`` with ``params``."""
-        with mix_features(model, params.layer, lambda h: self.apply(h, params)):
+        def mix(h: Tensor) -> Tensor:
+            check_params(h, params, name=f"the output of layer {params.layer!r}")
+            return self._mix(h, params)
+
+        with mix_features(model, params.layer, mix):
             yield
 
     def __call__(  # type: ignore[override]

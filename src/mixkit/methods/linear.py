@@ -66,9 +66,9 @@ class MixUp(MixMethod):
         index = rng.randperm(b, generator=generator)
         lam = self._per_sample(b, lambda size: rng.beta(size, self.alpha, self.alpha, generator=generator))
         active = self._active(b, generator)
-        return BlendParams(index=torch.where(active, index, torch.arange(b)), lam=torch.where(active, lam, 1.0))
+        return BlendParams(index=self._partner(index, active), lam=torch.where(active, lam, 1.0))
 
-    def apply(self, x: Tensor, params: BlendParams) -> Tensor:
+    def _mix(self, x: Tensor, params: BlendParams) -> Tensor:
         return blend(x, params.index, params.lam)
 
 
@@ -122,8 +122,11 @@ class BetweenClass(MixMethod):
     (the reference code redraws pairs until the classes differ). Lambda ``r`` is the weight of
     the original sample's label. ``plus=False`` (BC) blends ``r * x + (1 - r) * x[j]``;
     ``plus=True`` (BC+) treats images as waveforms with each image's standard deviation as
-    its sound pressure (:func:`mixkit.functional.bc_plus_blend`); the paper feeds BC+
-    per-image zero-mean images, at training and test time alike. The reference code draws one
+    its sound pressure (:func:`mixkit.functional.bc_plus_blend`). BC+ assumes per-image
+    zero-mean input: the reference code subtracts each image's mean as part of its input
+    normalisation, at training *and* test time, so do the same in your pipeline
+    (``x - x.mean(dim=(1, 2, 3), keepdim=True)``); on raw [0, 1] images the waveform mix
+    brightens the result. A sample left unpaired (a batch of one) is not mixed. The reference code draws one
     ratio per mixed example (``mode="elem"``), and trains with the KL divergence to the mixed
     label, which has the same gradient as the mixup cross-entropy.
 
@@ -153,10 +156,11 @@ class BetweenClass(MixMethod):
         b = x.shape[0]
         index = different_class_partners(y, generator=generator)
         ratio = self._per_sample(b, lambda size: rng.uniform(size, generator=generator))
-        active = self._active(b, generator)
-        return BlendParams(index=torch.where(active, index, torch.arange(b)), lam=torch.where(active, ratio, 1.0))
+        # a sample paired with itself (batch of one) is left as it is: BC+ would rescale it
+        active = self._active(b, generator) & (index != torch.arange(b))
+        return BlendParams(index=self._partner(index, active), lam=torch.where(active, ratio, 1.0))
 
-    def apply(self, x: Tensor, params: BlendParams) -> Tensor:
+    def _mix(self, x: Tensor, params: BlendParams) -> Tensor:
         if self.plus:
             return bc_plus_blend(x, params.index, params.lam)
         return blend(x, params.index, params.lam)
