@@ -23,6 +23,20 @@ class TinyNet(nn.Module):
         return self.head(self.layer2(self.layer1(self.stem(x))))
 
 
+def mixes(name: str) -> bool:
+    """False for the no-mixing baseline (ERM)."""
+    return mixkit.method_info(name).sources != 1
+
+
+def make(name: str, **hparams):
+    """Create a method; the shared options p and mode are dropped where it has none (ERM)."""
+    defaults = mixkit.method_info(name).defaults
+    for shared in ("p", "mode"):
+        if shared not in defaults:
+            hparams.pop(shared, None)
+    return mixkit.create(name, **hparams)
+
+
 def needs_model(name: str) -> bool:
     return "model" in mixkit.method_info(name).needs
 

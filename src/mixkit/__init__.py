@@ -22,7 +22,7 @@ from mixkit.errors import (
 )
 from mixkit.hooks import mix_features
 from mixkit.losses import mixup_binary_cross_entropy, mixup_cross_entropy
-from mixkit.methods import BetweenClass, CutMix, FMix, ManifoldMixup, MixUp, ResizeMix
+from mixkit.methods import ERM, BetweenClass, CutMix, FMix, ManifoldMixup, MixUp, ResizeMix
 from mixkit.registry import FAMILIES, MethodInfo, create, list_methods, method_info, register
 from mixkit.types import (
     BlendParams,
@@ -34,6 +34,7 @@ from mixkit.types import (
     ModelMixOutput,
     Params,
     ResizeParams,
+    StepOutput,
 )
 
 __version__ = "0.1.0"
@@ -59,7 +60,9 @@ __all__ = [
     "ResizeParams",
     "MaskParams",
     "LayerParams",
+    "StepOutput",
     # methods
+    "ERM",
     "MixUp",
     "BetweenClass",
     "CutMix",

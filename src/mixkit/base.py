@@ -13,10 +13,10 @@ from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from mixkit import rng
-from mixkit.types import MixOutput, MixTarget, Params
+from mixkit.types import MixOutput, MixTarget, Params, StepOutput
 from mixkit.validation import check_choice, check_labels, check_params, check_positive_int, check_probability, check_x
 
 __all__ = ["MixMethod", "MixCollate"]
@@ -98,6 +98,42 @@ class MixMethod:
         params = self.sample(x, y, generator=generator)
         mixed = x.clone() if bool(params.lam.eq(1).all()) else self._mix(x, params)
         return MixOutput(mixed, self.target(y, params), params)
+
+    # ------------------------------------------------------------------------- training
+    def train_step(
+        self,
+        model: nn.Module,
+        x: Tensor,
+        y: Tensor,
+        *,
+        criterion: Callable[[Tensor, MixTarget], Tensor],
+        generator: torch.Generator | None = None,
+    ) -> StepOutput:
+        """One training step's forward: mix, run the model, compute the loss.
+
+        The engine knows only this protocol (and :meth:`state_dict`); methods that need extra
+        forwards, gradients or their own sub-networks override it. The engine does the
+        backward pass and the optimiser step.
+
+        Args:
+            model: the network being trained.
+            x: the normalised input batch on the training device.
+            y: integer labels ``(B,)`` or soft labels ``(B, K)``.
+            criterion: ``criterion(logits, target) -> loss``, e.g. :func:`mixkit.mixup_cross_entropy`.
+            generator: CPU generator for the mixing draws.
+        """
+        out = self(x, y, generator=generator)
+        logits = model(out.x)
+        return StepOutput(loss=criterion(logits, out.target), logits=logits, target=out.target)
+
+    def state_dict(self) -> dict[str, Any]:
+        """State to checkpoint besides the hyper-parameters (a mixer, a history buffer...)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        if state:
+            raise ValueError(f"{type(self).__name__} keeps no state, got keys {sorted(state)}")
 
     # ------------------------------------------------------------------------------ helpers
     def _active(self, b: int, generator: torch.Generator | None) -> Tensor:

@@ -13,8 +13,10 @@ from mixkit.errors import HyperParameterError, UnknownHyperParameterError, Unkno
 
 __all__ = ["FAMILIES", "NEEDS", "MethodInfo", "register", "list_methods", "method_info", "create"]
 
-#: Families of the survey's taxonomy (sample policies, then label policies).
+#: Families of the survey's taxonomy (sample policies, then label policies), and
+#: ``baseline`` for training without mixing (ERM).
 FAMILIES = (
+    "baseline",
     "linear",
     "feature",
     "cutting",

@@ -12,7 +12,7 @@ Conventions (they hold everywhere in mixkit):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -29,6 +29,7 @@ __all__ = [
     "MaskParams",
     "ResizeParams",
     "LayerParams",
+    "StepOutput",
 ]
 
 
@@ -228,3 +229,20 @@ class ModelMixOutput:
     logits: Tensor
     target: MixTarget
     params: LayerParams
+
+
+@dataclass(frozen=True, eq=False)
+class StepOutput:
+    """What one training step of a method returns to the engine.
+
+    Attributes:
+        loss: the scalar loss to back-propagate.
+        logits: the model's output on the (mixed) batch.
+        target: the :class:`MixTarget` the loss was computed against.
+        logs: extra scalars to log (e.g. a mixer's own loss).
+    """
+
+    loss: Tensor
+    logits: Tensor
+    target: MixTarget
+    logs: dict[str, float] = field(default_factory=dict)

@@ -67,7 +67,7 @@ def method_gallery(
         images: ``(N, C, H, W)`` float images in [0, 1] (N columns).
         labels: ``(N,)`` integer labels.
         path: the image file to write (PNG, PDF, SVG...).
-        methods: registry names (default: all registered 2-D methods).
+        methods: registry names (default: every registered method except the baseline).
         class_names: names for the captions (default: class numbers).
         seed: seed of the draws.
 
@@ -75,7 +75,9 @@ def method_gallery(
         The path written.
     """
     plt = _pyplot()
-    methods = list(methods) if methods is not None else list_methods()
+    if methods is None:
+        methods = [n for n in list_methods() if method_info(n).family != "baseline"]
+    methods = list(methods)
     num_classes = int(labels.max()) + 1
     names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
     n = images.shape[0]

@@ -7,7 +7,7 @@ Papers and reference code:
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
@@ -19,7 +19,7 @@ from mixkit.errors import HyperParameterError
 from mixkit.functional.blend import blend
 from mixkit.hooks import INPUT, mix_features
 from mixkit.registry import register
-from mixkit.types import LayerParams, ModelMixOutput
+from mixkit.types import LayerParams, MixTarget, ModelMixOutput, StepOutput
 from mixkit.validation import check_alpha, check_labels, check_params, check_x
 
 __all__ = ["ManifoldMixup"]
@@ -123,3 +123,16 @@ class ManifoldMixup(MixMethod):
         with self.mixing(model, params):
             logits = model(x)
         return ModelMixOutput(logits, self.target(y, params), params)
+
+    def train_step(  # type: ignore[override]
+        self,
+        model: nn.Module,
+        x: Tensor,
+        y: Tensor,
+        *,
+        criterion: Callable[[Tensor, MixTarget], Tensor],
+        generator: torch.Generator | None = None,
+    ) -> StepOutput:
+        """Forward with the mix at a random layer; the loss on the mixed target."""
+        out = self(x, y, model=model, generator=generator)
+        return StepOutput(loss=criterion(out.logits, out.target), logits=out.logits, target=out.target)
