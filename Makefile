@@ -11,7 +11,7 @@ STAMP := $(VENV)/.mixkit-installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[test,plot]'
+	$(BIN)/pip install --quiet -e '.[test,plot,data]'
 	touch $(STAMP)
 
 data:

@@ -91,6 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--methods", nargs="*", help="registry names (default: all)")
     p.set_defaults(func=_cmd_demo)
+
+    from mixkit.cli_train import add_train_commands
+
+    add_train_commands(sub)
     return parser
 
 

@@ -105,3 +105,49 @@ def method_gallery(
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+def pair_grid(
+    images: Tensor,
+    labels: Tensor,
+    path: str | os.PathLike[str],
+    *,
+    method: str,
+    hparams: dict | None = None,
+    class_names: Sequence[str] | None = None,
+    seed: int = 0,
+) -> Path:
+    """Three rows per picture: each sample, its partner, and their mix with its label weights.
+
+    Args:
+        images: ``(N, C, H, W)`` float images in [0, 1].
+        labels: ``(N,)`` integer labels.
+        path: the image file to write.
+        method: registry name.
+        hparams: the method's hyper-parameters (paper defaults otherwise).
+        class_names: names for the captions.
+        seed: seed of the draws.
+    """
+    plt = _pyplot()
+    m = create(method, **(hparams or {}))
+    names = list(class_names) if class_names is not None else [str(i) for i in range(int(labels.max()) + 1)]
+    params = m.sample(images, labels, generator=torch.Generator().manual_seed(seed))
+    mixed, target = m.apply(images, params), m.target(labels, params)
+    n = images.shape[0]
+    fig, axes = plt.subplots(3, n, figsize=(1.45 * n + 1.0, 5.2), squeeze=False)
+    rows = [(images, "sample"), (images[params.index], "partner"), (mixed, "mix")]
+    for r, (batch, title) in enumerate(rows):
+        for col in range(n):
+            _show(axes[r, col], batch[col])
+        axes[r, 0].set_ylabel(title, fontsize=9)
+    for col in range(n):
+        axes[0, col].set_title(names[int(labels[col])], fontsize=7)
+        axes[1, col].set_title(names[int(labels[params.index[col]])], fontsize=7)
+        axes[2, col].set_xlabel(_caption(target, col, names), fontsize=7)
+    fig.suptitle(f"{method} {m.hparams}", fontsize=8)
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out

@@ -1,0 +1,162 @@
+"""``mixkit train``, ``mixkit bench`` and ``mixkit show``: the harness on the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+__all__ = ["add_train_commands"]
+
+# flag -> TrainConfig field, for the options train and bench share
+_CONFIG_FLAGS: list[tuple[str, str, type, str]] = [
+    ("--data", "data", str, "data set: fashion_mnist, cifar10, cifar100, imagefolder, tiny_imagenet"),
+    ("--data-root", "data_root", str, "folder of the data set (or of its archives)"),
+    ("--model", "model", str, "model name (see mixkit.models.list_models())"),
+    ("--epochs", "epochs", int, "epochs"),
+    ("--batch-size", "batch_size", int, "global batch size"),
+    ("--subset", "subset", int, "training images per class (same subset every run)"),
+    ("--optimizer", "optimizer", str, "sgd or adamw"),
+    ("--lr", "lr", float, "peak learning rate"),
+    ("--momentum", "momentum", float, "SGD momentum"),
+    ("--weight-decay", "weight_decay", float, "weight decay"),
+    ("--schedule", "schedule", str, "onecycle or cosine"),
+    ("--warmup-epochs", "warmup_epochs", float, "linear warm-up epochs (cosine)"),
+    ("--loss", "loss", str, "ce (mixup cross-entropy) or bce"),
+    ("--label-smoothing", "label_smoothing", float, "label smoothing"),
+    ("--clip-grad", "clip_grad", float, "max gradient norm"),
+    ("--eval-every", "eval_every", int, "evaluate every N epochs (and each of the last --median-last)"),
+    ("--median-last", "median_last", int, "final top-1 also as the median of the last N evaluations"),
+    ("--eval-batch-size", "eval_batch_size", int, "evaluation batch size"),
+    ("--device", "device", str, "cpu, cuda or auto"),
+    ("--threads", "threads", int, "torch CPU threads"),
+    ("--cache-dir", "cache_dir", str, "cache of decoded data sets"),
+]
+_SWITCHES = [
+    ("--amp", "amp", True, "bfloat16 autocast"),
+    ("--no-channels-last", "channels_last", False, "keep the contiguous memory format"),
+    ("--no-augment", "augment", False, "no random crop and flip"),
+    ("--no-corruptions", "corruptions", False, "skip the corruption evaluation"),
+    ("--pair-across-ranks", "pair_across_ranks", True, "pair samples across processes (torchrun)"),
+]
+
+
+def _add_config_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", help="start from a preset (quick, cifar10-2k, openmixup-cifar100-r18)")
+    for flag, dest, typ, help_ in _CONFIG_FLAGS:
+        p.add_argument(flag, dest=dest, type=typ, default=None, help=help_)
+    for flag, dest, value, help_ in _SWITCHES:
+        p.add_argument(flag, dest=dest, action="store_const", const=value, default=None, help=help_)
+    p.add_argument("--seed", type=int, default=None, help="seed of init, data order, augmentation and mixing")
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _method_args(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key in ("alpha", "p", "mode"):
+        if getattr(args, key, None) is not None:
+            out[key] = getattr(args, key)
+    for item in args.method_arg or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--method-arg expects KEY=VALUE, got {item!r}")
+        out[key] = _parse_value(value)
+    return out
+
+
+def _config(args: argparse.Namespace, **extra: Any):  # type: ignore[no-untyped-def]
+    from mixkit.train.config import resolve_config
+
+    fields = {dest: getattr(args, dest) for _, dest, _, _ in _CONFIG_FLAGS}
+    fields.update({dest: getattr(args, dest) for _, dest, _, _ in _SWITCHES})
+    fields["seed"] = args.seed
+    fields.update(extra)
+    return resolve_config(args.preset, **fields)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from mixkit.registry import method_info
+    from mixkit.train import distributed, train
+
+    method_info(args.method)  # unknown names fail before any data is loaded
+    distributed.init_from_env()
+    cfg = _config(args, method=args.method, method_args=_method_args(args), out=args.out, save_mixer=args.save_mixer)
+    metrics = train(cfg, resume=args.resume)
+    if distributed.is_main():
+        final = metrics["final"]
+        summary = {k: round(v, 4) for k, v in final.items() if isinstance(v, float)}
+        print(f"mixkit: {cfg.method} finished: {json.dumps(summary)}; files in {cfg.out}")
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from mixkit.registry import method_info
+    from mixkit.train.bench import run_bench
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    for m in methods:
+        method_info(m)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    cfg = _config(args, out=args.out)
+    run_bench(methods, seeds, cfg, args.out)
+    print((__import__("pathlib").Path(args.out) / "results.md").read_text())
+    print(f"mixkit: results and plots (accuracy_curves.png, top1_bars.png, reliability.png) in {args.out}")
+    return 0
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    from mixkit.data import load_dataset
+    from mixkit.viz import pair_grid
+
+    data = load_dataset(args.data, root=args.data_root, split="test", cache_dir=args.cache_dir)
+    import torch
+
+    pick = torch.randperm(data.labels.shape[0], generator=torch.Generator().manual_seed(args.seed))[: args.columns]
+    out = pair_grid(
+        data.images[pick].float() / 255.0, data.labels[pick], args.out, method=args.method,
+        hparams=_method_args(args), class_names=data.classes, seed=args.seed,
+    )
+    print(f"mixkit: wrote {out.resolve()}")
+    return 0
+
+
+def add_train_commands(sub: Any) -> None:
+    """Register ``train``, ``bench`` and ``show`` on the CLI's subparsers."""
+    p = sub.add_parser("train", help="train one method on a data set and model")
+    p.add_argument("--method", required=True, help="registered method name (erm: no mixing)")
+    p.add_argument("--alpha", type=float, help="the method's alpha")
+    p.add_argument("--p", type=float, help="probability of mixing")
+    p.add_argument("--mode", choices=("batch", "elem"), help="one lambda per batch or per sample")
+    p.add_argument("--method-arg", action="append", metavar="KEY=VALUE", help="any other hyper-parameter (JSON value)")
+    p.add_argument("--out", default="runs/run", help="output directory")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--save-mixer", help="learnable methods: save the trained mixer to this file")
+    _add_config_flags(p)
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("bench", help="run a grid of methods x seeds and report")
+    p.add_argument("--methods", required=True, help="comma-separated method names")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds (default: 0)")
+    p.add_argument("--out", default="runs/bench", help="output directory (re-run to resume)")
+    _add_config_flags(p)
+    p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser("show", help="picture of a method's mixes: pairs and results with label weights")
+    p.add_argument("--method", required=True)
+    p.add_argument("--data", default="fashion_mnist")
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--out", default="out/show.png")
+    p.add_argument("--columns", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--alpha", type=float)
+    p.add_argument("--p", type=float)
+    p.add_argument("--mode", choices=("batch", "elem"))
+    p.add_argument("--method-arg", action="append", metavar="KEY=VALUE")
+    p.set_defaults(func=_cmd_show)

@@ -1,0 +1,303 @@
+"""The training engine: one loop for every registered method.
+
+The engine knows one protocol: ``method.train_step(model, x, y, criterion=..., generator=...)``
+returns a :class:`~mixkit.types.StepOutput`, and ``method.state_dict()`` /
+``load_state_dict()`` carry the method's own state into checkpoints. It never branches on a
+method's name. A checkpoint is written atomically at the end of every epoch, holding the
+model, optimiser, scheduler, method state and every RNG state, so ``resume=True`` continues
+an interrupted run to the same final weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from mixkit.losses import mixup_binary_cross_entropy, mixup_cross_entropy
+from mixkit.registry import create, method_info
+from mixkit.train import distributed as dist
+from mixkit.train.config import TrainConfig
+from mixkit.train.evaluation import evaluate, evaluate_corruptions
+from mixkit.train.progress import JsonlLog, Progress
+from mixkit.types import MixTarget
+
+__all__ = ["train", "TrainData", "load_train_data", "CHECKPOINT"]
+
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass(frozen=True)
+class TrainData:
+    """In-memory uint8 data for a run: training and test images, labels, normalisation."""
+
+    train_images: Tensor
+    train_labels: Tensor
+    test_images: Tensor
+    test_labels: Tensor
+    classes: tuple[str, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+def load_train_data(cfg: TrainConfig) -> TrainData:
+    """Load the configured data set (and subset) through :mod:`mixkit.data`."""
+    from mixkit.data import dataset_stats, load_dataset, subset_per_class
+
+    train = load_dataset(cfg.data, root=cfg.data_root, split="train", cache_dir=cfg.cache_dir)
+    test = load_dataset(cfg.data, root=cfg.data_root, split="test", cache_dir=cfg.cache_dir)
+    images, labels = train.images, train.labels
+    if cfg.subset is not None:
+        keep = subset_per_class(labels, cfg.subset, seed=cfg.subset_seed)
+        images, labels = images[keep], labels[keep]
+    mean, std = dataset_stats(cfg.data, images)
+    return TrainData(images, labels, test.images, test.labels, tuple(train.classes), tuple(mean), tuple(std))
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """SGD (with momentum, optionally Nesterov) or AdamW; no weight decay on norms and biases."""
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr)
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
+
+
+def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int) -> Any:
+    """A per-step schedule: one-cycle (PyTorch's defaults), or cosine with linear warm-up."""
+    total = cfg.epochs * steps_per_epoch
+    if cfg.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total)
+    warm = int(cfg.warmup_epochs * steps_per_epoch)
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def build_criterion(cfg: TrainConfig) -> Callable[[Tensor, MixTarget], Tensor]:
+    """The loss on mixed targets, from ``cfg.loss`` and ``cfg.label_smoothing``."""
+    fn = mixup_binary_cross_entropy if cfg.loss == "bce" else mixup_cross_entropy
+    return functools.partial(fn, smoothing=cfg.label_smoothing)
+
+
+def _mixed_accuracy(logits: Tensor, target: MixTarget) -> float:
+    """Weighted share of correct predictions against each source label."""
+    labels = target.labels if target.labels.ndim == 1 else target.labels.argmax(dim=1)
+    pred = logits.detach().argmax(dim=1)
+    hits = (pred.unsqueeze(1) == labels.to(pred.device)[target.index.to(pred.device)]).to(target.weight.dtype)
+    return float((hits * target.weight.to(pred.device)).sum() / target.weight.sum().clamp_min(1e-12))
+
+
+@dataclass
+class _Run:
+    """Mutable state of a run: what a checkpoint holds."""
+
+    model: nn.Module
+    method: Any
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    gens: dict[str, torch.Generator]
+    epoch: int = 0
+    history: list[dict[str, Any]] | None = None
+    elapsed: float = 0.0
+    images_seen: int = 0
+
+
+def _seed_generators(seed: int, rank: int, shared_mix: bool) -> dict[str, torch.Generator]:
+    """Data order is shared by all ranks; augmentation and mixing differ per rank, except
+    that pairing across ranks needs the same mixing draws everywhere."""
+    return {
+        "data": torch.Generator().manual_seed(seed * 7919 + 1),
+        "augment": torch.Generator().manual_seed(seed * 7919 + 2 + 1000 * rank),
+        "mix": torch.Generator().manual_seed(seed * 7919 + 3 + (0 if shared_mix else 1000 * rank)),
+    }
+
+
+def _checkpoint_state(run: _Run, cfg: TrainConfig) -> dict[str, Any]:
+    return {
+        "epoch": run.epoch,
+        "config": cfg.to_dict(),
+        "model": dist.unwrap(run.model).state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "method": run.method.state_dict(),
+        "rng": {"torch": torch.get_rng_state(), **{k: g.get_state() for k, g in run.gens.items()}},
+        "history": run.history,
+        "elapsed": run.elapsed,
+        "images_seen": run.images_seen,
+    }
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Write ``state`` to ``path`` atomically (a temporary file, then a rename)."""
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _restore(run: _Run, state: dict[str, Any]) -> None:
+    dist.unwrap(run.model).load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    run.method.load_state_dict(state["method"])
+    torch.set_rng_state(state["rng"]["torch"])
+    for k, g in run.gens.items():
+        g.set_state(state["rng"][k])
+    run.epoch, run.history = state["epoch"], state["history"]
+    run.elapsed, run.images_seen = state["elapsed"], state["images_seen"]
+
+
+_RESUME_FREE = {"out", "threads", "device", "eval_batch_size"}
+
+
+def _check_resumable(saved: dict[str, Any], cfg: TrainConfig) -> None:
+    now = cfg.to_dict()
+    diff = sorted(k for k in now if k not in _RESUME_FREE and saved.get(k) != now[k])
+    if diff:
+        raise ValueError(f"cannot resume: the checkpoint was made with other settings for {', '.join(diff)}")
+
+
+def _prepare_batch(images: Tensor, data: TrainData, cfg: TrainConfig, gen: torch.Generator, device: torch.device) -> Tensor:
+    from mixkit.data import normalize, random_crop_flip
+
+    x = images.to(device, non_blocking=True)
+    if cfg.augment:
+        x = random_crop_flip(x, padding=4, flip=True, generator=gen)
+    x = normalize(x, data.mean, data.std)
+    return x.contiguous(memory_format=torch.channels_last) if cfg.channels_last and x.ndim == 4 else x
+
+
+def _train_epoch(run: _Run, data: TrainData, cfg: TrainConfig, device: torch.device, hooks: dict[str, Callable]) -> dict[str, float]:
+    run.model.train()
+    criterion = build_criterion(cfg)
+    order = torch.randperm(data.train_labels.shape[0], generator=run.gens["data"])
+    batches = dist.shard_batches(order, cfg.batch_size)
+    bar = Progress(len(batches), f"epoch {run.epoch + 1}/{cfg.epochs}", enabled=dist.is_main())
+    totals = {"loss": 0.0, "acc": 0.0, "n": 0}
+    start = time.perf_counter()
+    for step, idx in enumerate(batches):
+        x = _prepare_batch(data.train_images[idx], data, cfg, run.gens["augment"], device)
+        y = data.train_labels[idx].to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp):
+            out = dist.train_step(run.method, run.model, x, y, criterion, run.gens["mix"], cfg.pair_across_ranks)
+        run.optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        if cfg.clip_grad is not None:
+            nn.utils.clip_grad_norm_(run.model.parameters(), cfg.clip_grad)
+        run.optimizer.step()
+        run.scheduler.step()
+        b = idx.shape[0]
+        totals["loss"] += float(out.loss.detach()) * b
+        totals["acc"] += _mixed_accuracy(out.logits, out.target) * b
+        totals["n"] += b
+        elapsed = time.perf_counter() - start
+        bar.update(1, loss=totals["loss"] / totals["n"], acc=100 * totals["acc"] / totals["n"], img_s=totals["n"] * dist.world() / elapsed)
+        if "batch_end" in hooks:
+            hooks["batch_end"](run.epoch, step)
+    seconds = time.perf_counter() - start
+    n = totals["n"] * dist.world()
+    return {"train_loss": totals["loss"] / totals["n"], "train_acc": 100 * totals["acc"] / totals["n"],
+            "epoch_time_s": seconds, "images_per_s": n / seconds, "lr": run.optimizer.param_groups[0]["lr"]}
+
+
+def _should_eval(epoch: int, cfg: TrainConfig) -> bool:
+    return epoch % cfg.eval_every == 0 or epoch > cfg.epochs - cfg.median_last
+
+
+def _build_run(cfg: TrainConfig, data: TrainData, model: nn.Module | None, device: torch.device) -> _Run:
+    torch.manual_seed(cfg.seed)
+    if model is None:
+        from mixkit.models import create_model
+
+        model = create_model(cfg.model, num_classes=data.num_classes, in_channels=data.train_images.shape[1])
+    model = model.to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    model = dist.wrap(model, device)
+    args = dict(cfg.method_args)
+    if "num_classes" in method_info(cfg.method).defaults:
+        args.setdefault("num_classes", data.num_classes)
+    method = create(cfg.method, **args)
+    optimizer = build_optimizer(cfg, model)
+    steps = len(dist.shard_batches(torch.arange(data.train_labels.shape[0]), cfg.batch_size))
+    scheduler = build_scheduler(cfg, optimizer, steps)
+    return _Run(model, method, optimizer, scheduler, _seed_generators(cfg.seed, dist.rank(), cfg.pair_across_ranks), history=[])
+
+
+def train(
+    cfg: TrainConfig,
+    *,
+    resume: bool = False,
+    data: TrainData | None = None,
+    model: nn.Module | None = None,
+    hooks: dict[str, Callable] | None = None,
+) -> dict[str, Any]:
+    """Train ``cfg.method`` on ``cfg.data`` and write the run's files to ``cfg.out``.
+
+    Args:
+        cfg: the configuration.
+        resume: continue from ``cfg.out/checkpoint.pt`` if it exists.
+        data: in-memory data (default: loaded from ``cfg``).
+        model: any ``nn.Module`` (default: ``cfg.model`` from :mod:`mixkit.models`).
+        hooks: optional callbacks, ``{"batch_end": fn(epoch, step)}``.
+
+    Returns:
+        The metrics dictionary also written to ``cfg.out/metrics.json``.
+    """
+    from mixkit.train.report import write_run_files
+
+    cfg.validate()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = _device(cfg.device)
+    data = data or load_train_data(cfg)
+    out = Path(cfg.out)
+    main = dist.is_main()
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        cfg.save(out / "config.json")
+    run = _build_run(cfg, data, model, device)
+    ckpt = out / CHECKPOINT
+    if resume and ckpt.exists():
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        _check_resumable(state["config"], cfg)
+        _restore(run, state)
+    log = JsonlLog(out / "log.jsonl", enabled=main)
+    while run.epoch < cfg.epochs:
+        t0 = time.perf_counter()
+        record = {"epoch": run.epoch + 1, **_train_epoch(run, data, cfg, device, hooks or {})}
+        run.epoch += 1
+        if _should_eval(run.epoch, cfg):
+            record["test"] = evaluate(run.model, data, cfg, device)
+        run.elapsed += time.perf_counter() - t0
+        run.images_seen += data.train_labels.shape[0]
+        assert run.history is not None
+        run.history.append(record)
+        log.write(record)
+        if main:
+            save_checkpoint(ckpt, _checkpoint_state(run, cfg))
+        dist.barrier()
+    return write_run_files(run, data, cfg, device, enabled=main)
