@@ -28,6 +28,7 @@ _CONFIG_FLAGS: list[tuple[str, str, type, str]] = [
     ("--eval-every", "eval_every", int, "evaluate every N epochs (and each of the last --median-last)"),
     ("--median-last", "median_last", int, "final top-1 also as the median of the last N evaluations"),
     ("--eval-batch-size", "eval_batch_size", int, "evaluation batch size"),
+    ("--corruption-subset", "corruption_subset", int, "test images per class scored under corruptions"),
     ("--device", "device", str, "cpu, cuda or auto"),
     ("--threads", "threads", int, "torch CPU threads"),
     ("--cache-dir", "cache_dir", str, "cache of decoded data sets"),
@@ -104,7 +105,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         method_info(m)
     seeds = [int(s) for s in args.seeds.split(",")]
     cfg = _config(args, out=args.out)
-    run_bench(methods, seeds, cfg, args.out)
+    run_bench(methods, seeds, cfg, args.out, train_missing=not args.report_only)
     print((__import__("pathlib").Path(args.out) / "results.md").read_text())
     print(f"mixkit: results and plots (accuracy_curves.png, top1_bars.png, reliability.png) in {args.out}")
     return 0
@@ -144,6 +145,7 @@ def add_train_commands(sub: Any) -> None:
     p.add_argument("--methods", required=True, help="comma-separated method names")
     p.add_argument("--seeds", default="0", help="comma-separated seeds (default: 0)")
     p.add_argument("--out", default="runs/bench", help="output directory (re-run to resume)")
+    p.add_argument("--report-only", action="store_true", help="train nothing: report the finished runs")
     _add_config_flags(p)
     p.set_defaults(func=_cmd_bench)
 

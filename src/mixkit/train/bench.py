@@ -33,9 +33,18 @@ def _load_finished(run_dir: Path) -> dict[str, Any] | None:
 
 
 def run_bench(
-    methods: Sequence[str], seeds: Sequence[int], base: TrainConfig, out: str | Path, *, data: TrainData | None = None
+    methods: Sequence[str],
+    seeds: Sequence[int],
+    base: TrainConfig,
+    out: str | Path,
+    *,
+    data: TrainData | None = None,
+    train_missing: bool = True,
 ) -> list[dict[str, Any]]:
-    """Run (or reuse) every method x seed; return the summary rows and write the report."""
+    """Run (or reuse) every method x seed; return the summary rows and write the report.
+
+    With ``train_missing=False`` nothing is trained: the report covers the finished runs.
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
@@ -43,6 +52,8 @@ def run_bench(
         for method in methods:
             run_dir = out / f"{method}-seed{seed}"
             metrics = _load_finished(run_dir)
+            if metrics is None and not train_missing:
+                continue
             if metrics is None:
                 data = data or load_train_data(base)
                 cfg = dataclasses.replace(base, method=method, seed=seed, out=str(run_dir), method_args={})

@@ -46,6 +46,8 @@ class TrainConfig:
         median_last: the final metric also reports the median top-1 of the last N evaluations.
         corruptions: evaluate accuracy under common corruptions at the end.
         corruption_severities: severities used for that.
+        corruption_subset: test images per class scored under corruptions (a fixed, balanced
+            subset; None: the whole test set), to keep the corruption pass to seconds.
         eval_batch_size: batch size of evaluation.
         device: ``cpu``, ``cuda`` or ``auto``.
         threads: torch CPU threads (None: torch's default).
@@ -82,7 +84,8 @@ class TrainConfig:
     median_last: int = 10
     corruptions: bool = True
     corruption_severities: tuple[int, ...] = (1, 3, 5)
-    eval_batch_size: int = 500
+    corruption_subset: int | None = 100
+    eval_batch_size: int = 128
     device: str = "auto"
     threads: int | None = None
     cache_dir: str | None = None
@@ -139,7 +142,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
     "cifar10-2k": dict(
         data="cifar10", model="resnet20", epochs=100, subset=200, subset_seed=0, batch_size=128, lr=0.1,
-        momentum=0.9, nesterov=True, weight_decay=5e-4, schedule="onecycle", eval_every=5, median_last=10,
+        momentum=0.9, nesterov=True, weight_decay=5e-4, schedule="onecycle", eval_every=10, median_last=10,
     ),
     "openmixup-cifar100-r18": dict(
         data="cifar100", model="preact_resnet18", epochs=800, batch_size=100, lr=0.1, momentum=0.9,

@@ -86,9 +86,15 @@ def evaluate_corruptions(
     The noise draws are seeded, so every method is scored on the same corrupted images.
     """
     from mixkit.corruptions import CORRUPTIONS, corrupt
+    from mixkit.data import subset_per_class
 
+    images, labels = data.test_images, data.test_labels
+    if cfg.corruption_subset is not None:
+        counts = torch.bincount(labels, minlength=data.num_classes)
+        keep = subset_per_class(labels, min(cfg.corruption_subset, int(counts.min())), seed=0)
+        images, labels = images[keep], labels[keep]
+    labels = labels.to(device)
     table: dict[str, dict[str, float]] = {}
-    labels = data.test_labels.to(device)
     for name in CORRUPTIONS:
         table[name] = {}
         for severity in cfg.corruption_severities:
@@ -97,7 +103,7 @@ def evaluate_corruptions(
             def transform(x: Tensor, name: str = name, severity: int = severity) -> Tensor:
                 return corrupt(x, name, severity, generator=gen)
 
-            logits = predict(model, data.test_images, data, cfg, device, transform)
+            logits = predict(model, images, data, cfg, device, transform)
             table[name][str(severity)] = float((logits.argmax(dim=1) == labels).double().mean() * 100)
     values = [v for row in table.values() for v in row.values()]
-    return {"per_corruption": table, "mean_top1": sum(values) / len(values)}
+    return {"per_corruption": table, "mean_top1": sum(values) / len(values), "images": int(labels.shape[0])}

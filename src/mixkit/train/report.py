@@ -55,6 +55,7 @@ def write_run_files(run: _Run, data: TrainData, cfg: TrainConfig, device: torch.
         corr = evaluate_corruptions(run.model, data, cfg, device, seed=0)
         final["corruption_top1"] = corr["mean_top1"]
         final["corruption"] = corr["per_corruption"]
+        final["corruption_images"] = corr["images"]
     epoch_times = [h["epoch_time_s"] for h in run.history]
     metrics = {
         "final": final,
