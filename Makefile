@@ -1,5 +1,6 @@
 # Two commands do all the set-up on a fresh machine:
-#   make demo   - virtual environment, torch, mixkit, Fashion-MNIST; renders out/methods.png
+#   make demo   - virtual environment, torch, mixkit, Fashion-MNIST; a quick benchmark of six
+#                 methods (runs/quick/results.md and plots) and a picture of every method
 #   make test   - virtual environment, torch, mixkit; runs the test suite
 PYTHON ?= python3
 VENV ?= .venv
@@ -17,8 +18,11 @@ $(STAMP): pyproject.toml
 data:
 	sh scripts/fetch-data.sh
 
+QUICK_METHODS := erm,mixup,cutmix,fmix,resizemix,manifold_mixup
+
 demo: $(STAMP) data
 	$(BIN)/mixkit demo --out out/methods.png
+	$(BIN)/mixkit bench --preset quick --methods $(QUICK_METHODS) --seeds 0 --out runs/quick
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

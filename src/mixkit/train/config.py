@@ -138,7 +138,8 @@ class TrainConfig:
 PRESETS: dict[str, dict[str, Any]] = {
     "quick": dict(
         data="fashion_mnist", model="resnet20", epochs=3, subset=300, batch_size=128, lr=0.1,
-        schedule="onecycle", weight_decay=5e-4, eval_every=1, median_last=2, corruption_severities=(3,),
+        schedule="onecycle", weight_decay=5e-4, eval_every=3, median_last=2, corruption_severities=(3,),
+        corruption_subset=50,
     ),
     "cifar10-2k": dict(
         data="cifar10", model="resnet20", epochs=100, subset=200, subset_seed=0, batch_size=128, lr=0.1,
