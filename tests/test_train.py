@@ -144,3 +144,51 @@ def test_two_process_training(tmp_path):
         assert res.returncode == 0, res.stderr[-3000:]
         metrics = json.loads((tmp_path / mode / "run" / "metrics.json").read_text())
         assert metrics["finished"] and metrics["epochs"][-1]["test"]["count"] == 24
+
+
+FASHION = Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz")
+
+
+@pytest.mark.skipif(not FASHION.exists(), reason="Debian's dataset-fashion-mnist is not installed")
+def test_cli_train_on_fashion_mnist_then_resume_is_a_no_op(tmp_path, capsys):
+    from mixkit import cli
+
+    out = tmp_path / "fm"
+    argv = ["train", "--data", "fashion_mnist", "--model", "resnet20", "--method", "mixup", "--alpha", "0.4",
+            "--epochs", "1", "--subset", "4", "--no-corruptions", "--out", str(out), "--cache-dir", str(tmp_path / "c")]
+    assert cli.main(argv) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["config"]["method_args"] == {"alpha": 0.4} and metrics["train_images"] == 40
+    assert metrics["test_images"] == 10000 and (out / "curves.png").exists()
+    assert "mixup finished" in capsys.readouterr().out
+    assert cli.main(argv + ["--resume"]) == 0  # already finished: nothing more to train
+    assert len(json.loads((out / "metrics.json").read_text())["epochs"]) == 1
+
+
+def test_cli_errors_are_clear(capsys):
+    from mixkit import cli
+
+    assert cli.main(["train", "--method", "mixupp", "--out", "/tmp/never"]) == 2
+    assert "Did you mean 'mixup'" in capsys.readouterr().err
+    assert cli.main(["train", "--method", "mixup", "--preset", "quik", "--out", "/tmp/never"]) == 2
+    assert "unknown preset" in capsys.readouterr().err
+
+
+def test_cli_show_writes_a_picture(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    import gzip
+
+    import numpy as np
+
+    from mixkit import cli
+
+    for prefix, n in (("train", 10), ("t10k", 10)):
+        for kind, arr in (("images-idx3", np.random.default_rng(0).integers(0, 256, (n, 28, 28))),
+                          ("labels-idx1", np.arange(n) % 10)):
+            header = bytes([0, 0, 8, arr.ndim]) + b"".join(int(s).to_bytes(4, "big") for s in arr.shape)
+            with gzip.open(tmp_path / f"{prefix}-{kind}-ubyte.gz", "wb") as f:
+                f.write(header + arr.astype(np.uint8).tobytes())
+    out = tmp_path / "show.png"
+    assert cli.main(["show", "--method", "resizemix", "--data", "fashion_mnist", "--data-root", str(tmp_path),
+                     "--out", str(out), "--columns", "4", "--mode", "elem"]) == 0
+    assert out.read_bytes()[:4] == b"\x89PNG"
