@@ -79,7 +79,7 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\n| method | mode | median (ms) | IQR (ms) |\n|---|---|---|---|")
+    print("\n| method | mode | median (ms) | IQR (ms) |\n|---|---|---|---|")
     for r in rows:
         print(f"| {r['method']} | {r['mode']} | {r['median_ms']:.1f} | {r['q1_ms']:.1f}-{r['q3_ms']:.1f} |")
     print(f"\nwrote {out}")

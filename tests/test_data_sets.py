@@ -33,7 +33,7 @@ from mixkit.data import (
     sample_crop_flip,
     subset_per_class,
 )
-from mixkit.data import sets
+from mixkit.data import archives, sets
 from mixkit.errors import HyperParameterError, LabelError, ShapeError
 
 Image = pytest.importorskip("PIL.Image")
@@ -103,7 +103,7 @@ def test_cifar100_archive_is_cached(tmp_path, monkeypatch):
     write_tar(tmp_path / "cifar-100-python.tar.gz", files)
     data = load_dataset("cifar100", root=tmp_path, cache_dir=tmp_path / "cache")
     assert data.labels.tolist() == [0, 2, 1, 2] and data.classes == ("apple", "bee", "cup")
-    monkeypatch.setattr(sets, "_archive_files", lambda *a: pytest.fail("archive read again"))
+    monkeypatch.setattr(sets, "archive_files", lambda *a: pytest.fail("archive read again"))
     again = load_dataset("cifar100", root=tmp_path, cache_dir=tmp_path / "cache")
     assert torch.equal(again.images, data.images) and again.classes == data.classes
 
@@ -149,7 +149,7 @@ def test_cache_skips_decoding_and_notices_changes(tmp_path, monkeypatch, capfd):
     first = load_dataset("cifar10", root=tmp_path, cache_dir=tmp_path / "cache")
     assert "decoded cifar10 train" in capfd.readouterr().err
     assert [p.suffix for p in (tmp_path / "cache").iterdir()] == [".npz"]  # no temp files left
-    monkeypatch.setattr(sets, "_decode_image", lambda data: pytest.fail("decoded again"))
+    monkeypatch.setattr(archives, "_decode_image", lambda data: pytest.fail("decoded again"))
     second = load_dataset("cifar10", root=tmp_path, cache_dir=tmp_path / "cache")
     assert torch.equal(first.images, second.images) and torch.equal(first.labels, second.labels)
     archive = tmp_path / "cifar10-train-jpeg.tar.gz"
@@ -198,7 +198,7 @@ def unsafe_member(kind: str, tmp_path: Path) -> tarfile.TarInfo:
 @pytest.mark.parametrize("kind", ["dotdot", "absolute", "symlink"])
 @pytest.mark.parametrize("data_filter", [True, False])
 def test_unsafe_archives_are_refused(tmp_path, monkeypatch, kind, data_filter):
-    monkeypatch.setattr(sets, "_HAS_DATA_FILTER", data_filter)
+    monkeypatch.setattr(archives, "_HAS_DATA_FILTER", data_filter)
     member = unsafe_member(kind, tmp_path)
     archive = write_tar(tmp_path / "cifar10-train-jpeg.tar.gz", {"train/cat/0001.png": encode(pixels(0))}, [member])
     dest = tmp_path / "out" / "dest"
@@ -211,7 +211,7 @@ def test_unsafe_archives_are_refused(tmp_path, monkeypatch, kind, data_filter):
 
 @pytest.mark.parametrize("data_filter", [True, False])
 def test_safe_extract_unpacks_plain_archives(tmp_path, monkeypatch, data_filter):
-    monkeypatch.setattr(sets, "_HAS_DATA_FILTER", data_filter)
+    monkeypatch.setattr(archives, "_HAS_DATA_FILTER", data_filter)
     archive = write_tar(tmp_path / "a.tar.gz", {"top/a/1.bin": b"one", "./top/b.bin": b"two"})
     dest = safe_extract(archive, tmp_path / "out")
     assert (dest / "top" / "a" / "1.bin").read_bytes() == b"one" and (dest / "top" / "b.bin").read_bytes() == b"two"

@@ -13,7 +13,7 @@ from torch import nn
 import mixkit
 from mixkit import functional as MF
 from mixkit.types import BlendParams, BoxParams, LayerParams, MaskParams, ResizeParams
-from conftest import TinyNet, gen
+from conftest import gen
 
 
 def distinct_batch(b=4, c=2, h=10, w=12):

@@ -112,15 +112,6 @@ def gaussian_noise(x: Tensor, severity: int, *, generator: torch.Generator | Non
     return _finish(work + sigma * noise, x)
 
 
-def _poisson(rates: Tensor, generator: torch.Generator | None) -> Tensor:
-    """Poisson draws with the given float64 CPU rates (one draw per entry).
-
-    The one draw not made in :mod:`mixkit.rng`, which has no Poisson sampler yet; it belongs
-    there (``rng.poisson``) once that module grows one.
-    """
-    return torch.poisson(rates, generator=generator)
-
-
 def shot_noise(x: Tensor, severity: int, *, generator: torch.Generator | None = None) -> Tensor:
     """Photon (Poisson) noise ``Poisson(c * x) / c``, ``c`` from 500 down to 50.
 
@@ -137,7 +128,7 @@ def shot_noise(x: Tensor, severity: int, *, generator: torch.Generator | None = 
     photons = _severity_param("shot_noise", severity)
     work = _prepare(x, generator)
     rates = (work.detach().to(device="cpu", dtype=torch.float64) * photons).clamp_min(0.0)
-    counts = _poisson(rates, generator).to(device=x.device, dtype=work.dtype)
+    counts = rng.poisson(rates, generator=generator).to(device=x.device, dtype=work.dtype)
     return _finish(counts / photons, x)
 
 

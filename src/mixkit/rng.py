@@ -27,6 +27,7 @@ __all__ = [
     "beta",
     "dirichlet",
     "numpy_generator",
+    "poisson",
 ]
 
 
@@ -72,6 +73,11 @@ def randperm(n: int, *, generator: torch.Generator | None = None) -> torch.Tenso
 def normal(size: tuple[int, ...], *, generator: torch.Generator | None = None) -> torch.Tensor:
     """Float64 standard normal draws."""
     return torch.randn(size, generator=generator, dtype=torch.float64)
+
+
+def poisson(rates: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One Poisson draw per entry of ``rates`` (a CPU float tensor), same shape and dtype."""
+    return torch.poisson(rates, generator=generator)
 
 
 def numpy_generator(generator: torch.Generator | None = None) -> np.random.Generator:

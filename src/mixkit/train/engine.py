@@ -26,7 +26,7 @@ from mixkit.losses import mixup_binary_cross_entropy, mixup_cross_entropy
 from mixkit.registry import create, method_info
 from mixkit.train import distributed as dist
 from mixkit.train.config import TrainConfig
-from mixkit.train.evaluation import evaluate, evaluate_corruptions
+from mixkit.train.evaluation import evaluate
 from mixkit.train.progress import JsonlLog, Progress
 from mixkit.types import MixTarget
 
