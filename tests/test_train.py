@@ -122,28 +122,70 @@ def test_bench_grid_resumes_and_reports(tmp_path, monkeypatch):
     run_bench(["erm", "mixup"], [0, 1], base, tmp_path / "bench", data=data)
 
 
-def test_two_process_training(tmp_path):
-    script = tmp_path / "ddp.py"
-    script.write_text(textwrap.dedent(f"""
-        import sys, torch
-        sys.path.insert(0, {str(ROOT / 'tests')!r})
-        from test_train import tiny_data, tiny_config, tiny_model
-        from pathlib import Path
-        from mixkit.train import distributed, train
-        distributed.init_from_env()
-        across = sys.argv[1] == "across"
-        cfg = tiny_config(Path({str(tmp_path)!r}) / sys.argv[1], method="mixup", epochs=2, pair_across_ranks=across)
-        train(cfg, data=tiny_data(), model=tiny_model())
-    """))
+DDP_SCRIPT = """
+import sys
+from pathlib import Path
+sys.path.insert(0, {tests!r})
+from test_train import tiny_data, tiny_config, tiny_model
+from mixkit.train import distributed, train
+distributed.init_from_env()
+mode, method, out = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+cfg = tiny_config(out, method=method, epochs=3, pair_across_ranks=(mode == "across"))
+
+def kill(epoch, step):
+    if epoch == 1 and step == 1:
+        raise SystemExit(3)
+
+train(cfg, resume=(mode == "resume"), data=tiny_data(), model=tiny_model(),
+      hooks={{"batch_end": kill}} if mode == "killed" else None)
+"""
+
+
+def _torchrun(script, *args):
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    for mode in ("local", "across"):
-        res = subprocess.run(
-            [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script), mode],
-            capture_output=True, text=True, env=env, timeout=300,
-        )
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_two_process_training_and_exact_resume(tmp_path):
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP_SCRIPT.format(tests=str(ROOT / "tests")))
+    for mode, method in (("local", "manifold_mixup"), ("across", "mixup"), ("local", "cutmix")):
+        out = tmp_path / f"{mode}-{method}"
+        res = _torchrun(script, mode, method, str(out))
         assert res.returncode == 0, res.stderr[-3000:]
-        metrics = json.loads((tmp_path / mode / "run" / "metrics.json").read_text())
+        metrics = json.loads((out / "run" / "metrics.json").read_text())
         assert metrics["finished"] and metrics["epochs"][-1]["test"]["count"] == 24
+        assert metrics["epochs"][-1]["images"] == 48  # both ranks' samples counted
+    # killed during epoch 2 of 3, then resumed: the same weights as the uninterrupted run
+    out = tmp_path / "killed"
+    assert _torchrun(script, "killed", "cutmix", str(out)).returncode != 0
+    res = _torchrun(script, "resume", "cutmix", str(out))
+    assert res.returncode == 0, res.stderr[-3000:]
+    wa = torch.load(tmp_path / "local-cutmix" / "run" / "checkpoint.pt", weights_only=False)["model"]
+    wb = torch.load(out / "run" / "checkpoint.pt", weights_only=False)["model"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_fresh_run_refuses_an_existing_run(tmp_path):
+    cfg = tiny_config(tmp_path, method="mixup")
+    train(cfg, data=tiny_data(), model=tiny_model())
+    with pytest.raises(FileExistsError, match="resume"):
+        train(cfg, data=tiny_data(), model=tiny_model())
+
+
+def test_bench_refuses_runs_made_with_other_settings(tmp_path):
+    data = tiny_data()
+    base = tiny_config(tmp_path, model="resnet20", epochs=1)
+    run_bench(["erm"], [0], base, tmp_path / "bench", data=data)
+    with pytest.raises(ValueError, match="epochs"):
+        run_bench(["erm"], [0], dataclasses.replace(base, epochs=2), tmp_path / "bench", data=data)
+
+
+def test_method_args_tuples_survive_the_json_round_trip(tmp_path):
+    cfg = tiny_config(tmp_path, method="manifold_mixup", method_args={"layers": ("input", "layer1")})
+    train(cfg, data=tiny_data(), model=tiny_model())
+    train(cfg, resume=True, data=tiny_data(), model=tiny_model())
 
 
 FASHION = Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz")

@@ -102,7 +102,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except (ImportError, FileNotFoundError, LookupError, ValueError) as err:
+    except KeyboardInterrupt:
+        if args.command in ("train", "bench"):
+            print("mixkit: interrupted; run the same command again (train: with --resume) to continue "
+                  "from the last finished epoch", file=sys.stderr)
+        return 130
+    except (ImportError, OSError, LookupError, ValueError) as err:
         print(f"mixkit: error: {err}", file=sys.stderr)
         return 2
 

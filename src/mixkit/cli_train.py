@@ -25,6 +25,7 @@ _CONFIG_FLAGS: list[tuple[str, str, type, str]] = [
     ("--loss", "loss", str, "ce (mixup cross-entropy) or bce"),
     ("--label-smoothing", "label_smoothing", float, "label smoothing"),
     ("--clip-grad", "clip_grad", float, "max gradient norm"),
+    ("--subset-seed", "subset_seed", int, "seed of the subset choice"),
     ("--eval-every", "eval_every", int, "evaluate every N epochs (and each of the last --median-last)"),
     ("--median-last", "median_last", int, "final top-1 also as the median of the last N evaluations"),
     ("--eval-batch-size", "eval_batch_size", int, "evaluation batch size"),
@@ -39,16 +40,25 @@ _SWITCHES = [
     ("--no-augment", "augment", False, "no random crop and flip"),
     ("--no-corruptions", "corruptions", False, "skip the corruption evaluation"),
     ("--pair-across-ranks", "pair_across_ranks", True, "pair samples across processes (torchrun)"),
+    ("--nesterov", "nesterov", True, "Nesterov momentum"),
+    ("--no-nesterov", "nesterov", False, "plain momentum"),
 ]
 
 
-def _add_config_flags(p: argparse.ArgumentParser) -> None:
+def _severities(text: str) -> tuple[int, ...]:
+    return tuple(int(s) for s in text.split(",") if s.strip())
+
+
+def _add_config_flags(p: argparse.ArgumentParser, *, seed: bool = True) -> None:
     p.add_argument("--preset", help="start from a preset (quick, cifar10-2k, openmixup-cifar100-r18)")
     for flag, dest, typ, help_ in _CONFIG_FLAGS:
         p.add_argument(flag, dest=dest, type=typ, default=None, help=help_)
     for flag, dest, value, help_ in _SWITCHES:
         p.add_argument(flag, dest=dest, action="store_const", const=value, default=None, help=help_)
-    p.add_argument("--seed", type=int, default=None, help="seed of init, data order, augmentation and mixing")
+    p.add_argument("--corruption-severities", dest="corruption_severities", type=_severities, default=None,
+                   help="comma-separated corruption severities, e.g. 1,3,5")
+    if seed:
+        p.add_argument("--seed", type=int, default=None, help="seed of init, data order, augmentation and mixing")
 
 
 def _parse_value(text: str) -> Any:
@@ -76,7 +86,8 @@ def _config(args: argparse.Namespace, **extra: Any):  # type: ignore[no-untyped-
 
     fields = {dest: getattr(args, dest) for _, dest, _, _ in _CONFIG_FLAGS}
     fields.update({dest: getattr(args, dest) for _, dest, _, _ in _SWITCHES})
-    fields["seed"] = args.seed
+    fields["corruption_severities"] = args.corruption_severities
+    fields["seed"] = getattr(args, "seed", None)
     fields.update(extra)
     return resolve_config(args.preset, **fields)
 
@@ -98,14 +109,18 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     from mixkit.registry import method_info
+    from mixkit.train import distributed
     from mixkit.train.bench import run_bench
 
+    distributed.init_from_env()
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     for m in methods:
         method_info(m)
     seeds = [int(s) for s in args.seeds.split(",")]
     cfg = _config(args, out=args.out)
     run_bench(methods, seeds, cfg, args.out, train_missing=not args.report_only)
+    if not distributed.is_main():
+        return 0
     print((__import__("pathlib").Path(args.out) / "results.md").read_text())
     print(f"mixkit: results and plots (accuracy_curves.png, top1_bars.png, reliability.png) in {args.out}")
     return 0
@@ -146,7 +161,7 @@ def add_train_commands(sub: Any) -> None:
     p.add_argument("--seeds", default="0", help="comma-separated seeds (default: 0)")
     p.add_argument("--out", default="runs/bench", help="output directory (re-run to resume)")
     p.add_argument("--report-only", action="store_true", help="train nothing: report the finished runs")
-    _add_config_flags(p)
+    _add_config_flags(p, seed=False)
     p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("show", help="picture of a method's mixes: pairs and results with label weights")

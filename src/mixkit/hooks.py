@@ -22,7 +22,13 @@ INPUT = "input"
 
 
 def resolve_layer(model: nn.Module, name: str) -> nn.Module:
-    """The submodule called ``name`` (dotted path), with a helpful error if there is none."""
+    """The submodule called ``name`` (dotted path), with a helpful error if there is none.
+
+    A ``DistributedDataParallel`` (or ``DataParallel``) wrapper is looked through, so names
+    are those of the user's own model.
+    """
+    if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        model = model.module
     try:
         return model.get_submodule(name)
     except AttributeError:

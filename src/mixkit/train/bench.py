@@ -17,19 +17,26 @@ from pathlib import Path
 from typing import Any
 
 from mixkit.train.config import TrainConfig
-from mixkit.train.engine import TrainData, load_train_data, train
+from mixkit.train.distributed import is_main
+from mixkit.train.engine import TrainData, config_differences, load_train_data, train
 
 __all__ = ["run_bench", "summarize", "write_report"]
 
 _METRICS = ("top1", "top1_median_last", "nll", "ece", "corruption_top1")
 
 
-def _load_finished(run_dir: Path) -> dict[str, Any] | None:
+def _load_finished(run_dir: Path, cfg: TrainConfig) -> dict[str, Any] | None:
+    """The finished run's metrics, if it was made with ``cfg``'s settings (else an error)."""
     path = run_dir / "metrics.json"
     if not path.exists():
         return None
     data = json.loads(path.read_text())
-    return data if data.get("finished") else None
+    if not data.get("finished"):
+        return None
+    diff = config_differences(data["config"], cfg)
+    if diff:
+        raise ValueError(f"{run_dir} was made with other settings for {', '.join(diff)}; use another --out")
+    return data
 
 
 def run_bench(
@@ -51,20 +58,26 @@ def run_bench(
     for seed in seeds:
         for method in methods:
             run_dir = out / f"{method}-seed{seed}"
-            metrics = _load_finished(run_dir)
+            cfg = dataclasses.replace(base, method=method, seed=seed, out=str(run_dir), method_args={})
+            metrics = _load_finished(run_dir, cfg)
             if metrics is None and not train_missing:
                 continue
             if metrics is None:
                 data = data or load_train_data(base)
-                cfg = dataclasses.replace(base, method=method, seed=seed, out=str(run_dir), method_args={})
-                print(f"bench: {method} seed {seed} -> {run_dir}", flush=True)
+                _say(f"bench: {method} seed {seed} -> {run_dir}")
                 metrics = train(cfg, resume=True, data=data)
             else:
-                print(f"bench: {method} seed {seed} already finished, reusing {run_dir}", flush=True)
+                _say(f"bench: {method} seed {seed} already finished, reusing {run_dir}")
             results[method].append(metrics)
     rows = summarize(results)
-    write_report(rows, results, out, base)
+    if is_main():
+        write_report(rows, results, out, base)
     return rows
+
+
+def _say(text: str) -> None:
+    if is_main():
+        print(text, flush=True)
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:

@@ -33,8 +33,10 @@ class TrainConfig:
         momentum: SGD momentum.
         nesterov: Nesterov momentum for SGD.
         weight_decay: weight decay.
-        schedule: ``cosine`` or ``onecycle``.
-        warmup_epochs: linear warm-up length (cosine schedule).
+        schedule: ``cosine`` or ``onecycle``. One-cycle is PyTorch's ``OneCycleLR`` with its
+            defaults: 30% warm-up from lr/25, cosine annealing, and momentum cycled between
+            0.95 and 0.85 (``momentum`` is then not used).
+        warmup_epochs: linear warm-up length (cosine schedule only).
         loss: ``ce`` (mixup cross-entropy) or ``bce`` (mixup binary cross-entropy).
         label_smoothing: smoothing of each source label.
         amp: bfloat16 autocast (on CPU and GPU).
@@ -121,6 +123,10 @@ class TrainConfig:
             (self.lr > 0, "lr must be > 0"),
             (0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
             (self.eval_every >= 1 and self.median_last >= 1, "eval_every and median_last must be >= 1"),
+            (self.eval_batch_size >= 1, "eval_batch_size must be >= 1"),
+            (self.corruption_subset is None or self.corruption_subset >= 1, "corruption_subset must be >= 1"),
+            (self.threads is None or self.threads >= 1, "threads must be >= 1"),
+            (self.warmup_epochs >= 0, "warmup_epochs must be >= 0"),
             (all(1 <= s <= 5 for s in self.corruption_severities), "corruption severities must be in 1..5"),
             (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), "device must be auto, cpu or cuda"),
         ]

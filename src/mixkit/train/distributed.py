@@ -20,7 +20,7 @@ from mixkit.errors import HyperParameterError
 from mixkit.types import MixTarget, StepOutput
 
 __all__ = ["init_from_env", "rank", "world", "is_main", "barrier", "wrap", "unwrap", "shard_batches",
-           "train_step", "gather_cat"]
+           "train_step", "gather_cat", "gather_objects", "sum_floats", "sync_buffers"]
 
 
 def init_from_env() -> bool:
@@ -70,17 +70,43 @@ def unwrap(model: nn.Module) -> nn.Module:
 def shard_batches(order: Tensor, batch_size: int) -> list[Tensor]:
     """This rank's slice of every global batch of ``order`` (the last batch may be smaller).
 
-    Slices have equal length on every rank (a final remainder smaller than the world size
-    is dropped), so that gradient all-reduces stay in step.
+    Slices have equal length on every rank (a remainder smaller than the world size is
+    dropped), so that gradient all-reduces stay in step; a final slice of one sample is
+    dropped too (batch norm cannot train on one sample).
     """
     w, r = world(), rank()
     out = []
     for start in range(0, order.shape[0], batch_size):
         chunk = order[start : start + batch_size]
         per = chunk.shape[0] // w
-        if per:
+        if per >= 2 or (per == 1 and start == 0):
             out.append(chunk[r * per : (r + 1) * per])
     return out
+
+
+def gather_objects(obj: object) -> list[object]:
+    """Every rank's ``obj``, in rank order (``[obj]`` in one process)."""
+    if not _active():
+        return [obj]
+    out: list[object] = [None] * world()
+    td.all_gather_object(out, obj)
+    return out
+
+
+def sum_floats(values: list[float]) -> list[float]:
+    """Element-wise sum of a short list of floats over ranks."""
+    if not _active():
+        return values
+    t = torch.tensor(values, dtype=torch.float64)
+    td.all_reduce(t)
+    return t.tolist()
+
+
+def sync_buffers(model: nn.Module) -> None:
+    """Copy rank 0's buffers (batch-norm statistics) to every rank."""
+    if _active():
+        for b in unwrap(model).buffers():
+            td.broadcast(b, 0)
 
 
 def gather_cat(t: Tensor) -> Tensor:

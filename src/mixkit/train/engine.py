@@ -11,6 +11,7 @@ an interrupted run to the same final weights as an uninterrupted one.
 from __future__ import annotations
 
 import functools
+import json
 import math
 import os
 import time
@@ -123,7 +124,6 @@ class _Run:
     epoch: int = 0
     history: list[dict[str, Any]] | None = None
     elapsed: float = 0.0
-    images_seen: int = 0
 
 
 def _seed_generators(seed: int, rank: int, shared_mix: bool) -> dict[str, torch.Generator]:
@@ -136,26 +136,37 @@ def _seed_generators(seed: int, rank: int, shared_mix: bool) -> dict[str, torch.
     }
 
 
+def _rng_state(run: _Run) -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), **{k: g.get_state() for k, g in run.gens.items()}}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
 def _checkpoint_state(run: _Run, cfg: TrainConfig) -> dict[str, Any]:
+    """Everything to continue the run; collective (every rank contributes its RNG states)."""
     return {
         "epoch": run.epoch,
         "config": cfg.to_dict(),
+        "world_size": dist.world(),
         "model": dist.unwrap(run.model).state_dict(),
         "optimizer": run.optimizer.state_dict(),
         "scheduler": run.scheduler.state_dict(),
         "method": run.method.state_dict(),
-        "rng": {"torch": torch.get_rng_state(), **{k: g.get_state() for k, g in run.gens.items()}},
+        "rng": dist.gather_objects(_rng_state(run)),  # one entry per rank
         "history": run.history,
         "elapsed": run.elapsed,
-        "images_seen": run.images_seen,
     }
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Write ``state`` to ``path`` atomically (a temporary file, then a rename)."""
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _restore(run: _Run, state: dict[str, Any]) -> None:
@@ -163,21 +174,33 @@ def _restore(run: _Run, state: dict[str, Any]) -> None:
     run.optimizer.load_state_dict(state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])
     run.method.load_state_dict(state["method"])
-    torch.set_rng_state(state["rng"]["torch"])
+    rngs = state["rng"][dist.rank()]
+    torch.set_rng_state(rngs["torch"])
+    if "cuda" in rngs and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rngs["cuda"])
     for k, g in run.gens.items():
-        g.set_state(state["rng"][k])
-    run.epoch, run.history = state["epoch"], state["history"]
-    run.elapsed, run.images_seen = state["elapsed"], state["images_seen"]
+        g.set_state(rngs[k])
+    run.epoch, run.history, run.elapsed = state["epoch"], state["history"], state["elapsed"]
 
 
-_RESUME_FREE = {"out", "threads", "device", "eval_batch_size"}
+#: settings that may differ between a checkpoint and the run that resumes it
+RESUME_FREE = frozenset({"out", "threads", "device", "eval_batch_size", "data_root", "cache_dir", "save_mixer"})
 
 
-def _check_resumable(saved: dict[str, Any], cfg: TrainConfig) -> None:
-    now = cfg.to_dict()
-    diff = sorted(k for k in now if k not in _RESUME_FREE and saved.get(k) != now[k])
+def config_differences(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:
+    """Settings (other than :data:`RESUME_FREE`) in which ``saved`` and ``cfg`` differ, as JSON."""
+    now = json.loads(json.dumps(cfg.to_dict()))
+    saved = json.loads(json.dumps(saved))
+    return sorted(k for k in now if k not in RESUME_FREE and saved.get(k) != now[k])
+
+
+def _check_resumable(state: dict[str, Any], cfg: TrainConfig) -> None:
+    diff = config_differences(state["config"], cfg)
     if diff:
         raise ValueError(f"cannot resume: the checkpoint was made with other settings for {', '.join(diff)}")
+    if state.get("world_size", 1) != dist.world():
+        raise ValueError(f"cannot resume: the checkpoint was made by {state.get('world_size', 1)} processes, "
+                         f"this run has {dist.world()}")
 
 
 def _prepare_batch(images: Tensor, data: TrainData, cfg: TrainConfig, gen: torch.Generator, device: torch.device) -> Tensor:
@@ -218,8 +241,8 @@ def _train_epoch(run: _Run, data: TrainData, cfg: TrainConfig, device: torch.dev
         if "batch_end" in hooks:
             hooks["batch_end"](run.epoch, step)
     seconds = time.perf_counter() - start
-    n = totals["n"] * dist.world()
-    return {"train_loss": totals["loss"] / totals["n"], "train_acc": 100 * totals["acc"] / totals["n"],
+    loss_sum, acc_sum, n = dist.sum_floats([totals["loss"], totals["acc"], totals["n"]])
+    return {"train_loss": loss_sum / n, "train_acc": 100 * acc_sum / n, "images": int(n),
             "epoch_time_s": seconds, "images_per_s": n / seconds, "lr": run.optimizer.param_groups[0]["lr"]}
 
 
@@ -228,7 +251,7 @@ def _should_eval(epoch: int, cfg: TrainConfig) -> bool:
 
 
 def _build_run(cfg: TrainConfig, data: TrainData, model: nn.Module | None, device: torch.device) -> _Run:
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     if model is None:
         from mixkit.models import create_model
 
@@ -243,7 +266,10 @@ def _build_run(cfg: TrainConfig, data: TrainData, model: nn.Module | None, devic
     method = create(cfg.method, **args)
     optimizer = build_optimizer(cfg, model)
     steps = len(dist.shard_batches(torch.arange(data.train_labels.shape[0]), cfg.batch_size))
+    if steps == 0:
+        raise ValueError(f"no training batch: {data.train_labels.shape[0]} training images for {dist.world()} processes")
     scheduler = build_scheduler(cfg, optimizer, steps)
+    torch.manual_seed(cfg.seed + 1000 * dist.rank())  # dropout and other global draws differ per rank
     return _Run(model, method, optimizer, scheduler, _seed_generators(cfg.seed, dist.rank(), cfg.pair_across_ranks), history=[])
 
 
@@ -276,15 +302,20 @@ def train(
     data = data or load_train_data(cfg)
     out = Path(cfg.out)
     main = dist.is_main()
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        cfg.save(out / "config.json")
     run = _build_run(cfg, data, model, device)
     ckpt = out / CHECKPOINT
+    if ckpt.exists() and not resume:
+        raise FileExistsError(f"{out} already holds a run: pass resume=True (--resume) to continue it, or choose another out")
     if resume and ckpt.exists():
         state = torch.load(ckpt, map_location="cpu", weights_only=False)
-        _check_resumable(state["config"], cfg)
+        _check_resumable(state, cfg)
         _restore(run, state)
+    elif main:
+        out.mkdir(parents=True, exist_ok=True)
+        for stale in ("log.jsonl", "metrics.json"):
+            (out / stale).unlink(missing_ok=True)
+    if main:
+        cfg.save(out / "config.json")
     log = JsonlLog(out / "log.jsonl", enabled=main)
     while run.epoch < cfg.epochs:
         t0 = time.perf_counter()
@@ -293,11 +324,11 @@ def train(
         if _should_eval(run.epoch, cfg):
             record["test"] = evaluate(run.model, data, cfg, device)
         run.elapsed += time.perf_counter() - t0
-        run.images_seen += data.train_labels.shape[0]
         assert run.history is not None
         run.history.append(record)
         log.write(record)
+        state = _checkpoint_state(run, cfg)
         if main:
-            save_checkpoint(ckpt, _checkpoint_state(run, cfg))
+            save_checkpoint(ckpt, state)
         dist.barrier()
     return write_run_files(run, data, cfg, device, enabled=main)

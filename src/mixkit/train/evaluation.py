@@ -33,11 +33,14 @@ def predict(
     device: torch.device,
     transform: Callable[[Tensor], Tensor] | None = None,
 ) -> Tensor:
-    """Logits for uint8 ``images`` (this rank's share, gathered across ranks), in eval mode.
+    """Logits for ``images`` (this rank's share, gathered across ranks), in eval mode.
 
-    ``transform`` maps a float batch in [0, 1] to another (a corruption) before normalising.
-    The model's train/eval state is restored afterwards.
+    ``images`` are uint8, or float in [0, 1]. ``transform`` maps a float batch in [0, 1] to
+    another before normalising. The model's train/eval state is restored afterwards; in a
+    distributed run the unwrapped model is used, with rank 0's batch-norm statistics.
     """
+    dist.sync_buffers(model)
+    model = dist.unwrap(model)
     was_training = model.training
     model.eval()
     n = images.shape[0]
@@ -45,7 +48,8 @@ def predict(
     lo, hi = min(n, dist.rank() * per), min(n, (dist.rank() + 1) * per)
     outs = []
     for start in range(lo, hi, cfg.eval_batch_size):
-        x = images[start : min(hi, start + cfg.eval_batch_size)].to(device).float() / 255.0
+        x = images[start : min(hi, start + cfg.eval_batch_size)].to(device)
+        x = x.float() / 255.0 if not x.is_floating_point() else x
         if transform is not None:
             x = transform(x)
         x = _standardize(x, data.mean, data.std)
@@ -83,7 +87,8 @@ def evaluate_corruptions(
 ) -> dict[str, Any]:
     """Top-1 under each corruption and severity of ``cfg.corruption_severities``, and their mean.
 
-    The noise draws are seeded, so every method is scored on the same corrupted images.
+    The corrupted images are made once, on the CPU, in global order and fixed chunks with
+    seeded draws, so every method, batch size and process count sees the same images.
     """
     from mixkit.corruptions import CORRUPTIONS, corrupt
     from mixkit.data import subset_per_class
@@ -99,11 +104,9 @@ def evaluate_corruptions(
         table[name] = {}
         for severity in cfg.corruption_severities:
             gen = torch.Generator().manual_seed(seed * 1009 + severity)
-
-            def transform(x: Tensor, name: str = name, severity: int = severity) -> Tensor:
-                return corrupt(x, name, severity, generator=gen)
-
-            logits = predict(model, images, data, cfg, device, transform)
+            chunks = [corrupt(images[i : i + 256].float() / 255.0, name, severity, generator=gen)
+                      for i in range(0, images.shape[0], 256)]
+            logits = predict(model, torch.cat(chunks), data, cfg, device)
             table[name][str(severity)] = float((logits.argmax(dim=1) == labels).double().mean() * 100)
     values = [v for row in table.values() for v in row.values()]
     return {"per_corruption": table, "mean_top1": sum(values) / len(values), "images": int(labels.shape[0])}

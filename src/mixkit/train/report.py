@@ -62,7 +62,7 @@ def write_run_files(run: _Run, data: TrainData, cfg: TrainConfig, device: torch.
         "epochs": run.history,
         "wall_time_s": run.elapsed,
         "train_time_per_epoch_s": sum(epoch_times) / len(epoch_times),
-        "images_per_s": sum(h["images_per_s"] for h in run.history) / len(run.history),
+        "images_per_s": sum(h["images"] for h in run.history) / sum(epoch_times),
         "train_images": int(data.train_labels.shape[0]),
         "test_images": int(data.test_labels.shape[0]),
         "config": cfg.to_dict(),
