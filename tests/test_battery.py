@@ -85,11 +85,22 @@ def test_batch_sizes_and_label_mass(name, b, mode):
     assert soft.shape == (b, K)
     torch.testing.assert_close(target.weight.sum(dim=1), torch.ones(b))
     torch.testing.assert_close(soft.sum(dim=1), torch.ones(b))
-    # right mass on the right classes, built independently from the params
-    lam = params.lam.to(torch.float32).unsqueeze(1)
-    expected = lam * F.one_hot(y, K) + (1 - lam) * F.one_hot(y[params.index], K)
-    torch.testing.assert_close(soft, expected)
+    # right mass on the right classes, built independently with one_hot
+    torch.testing.assert_close(soft, expected_soft(F.one_hot(y, K).float(), target, params, name))
     assert ((params.lam >= 0) & (params.lam <= 1)).all()
+    assert ((target.index >= 0) & (target.index < b)).all()
+
+
+def expected_soft(dense, target, params, name):
+    """Dense labels of the mix: from the params for two-source methods, else from the
+    target's own (index, weight), whose weights must then be consistent with params.lam."""
+    if mixkit.method_info(name).sources == 2:
+        lam = params.lam.to(torch.float32).unsqueeze(1)
+        return lam * dense + (1 - lam) * dense[params.index]
+    w = target.weight.to(torch.float32)
+    own = (w * (target.index == torch.arange(target.index.shape[0]).unsqueeze(1))).sum(dim=1)
+    torch.testing.assert_close(own, params.lam.to(torch.float32))  # lam = the own sample's weight
+    return (w.unsqueeze(-1) * dense[target.index]).sum(dim=1)
 
 
 @pytest.mark.parametrize("name", METHODS)
@@ -97,8 +108,7 @@ def test_soft_label_input(name):
     x, y = batch()
     y_soft = torch.softmax(torch.randn(y.shape[0], K, generator=gen(4)), dim=1)
     _, target, params = run_method(mixkit.create(name), x, y_soft, generator=gen(5))
-    lam = params.lam.to(torch.float32).unsqueeze(1)
-    torch.testing.assert_close(target.soft(), lam * y_soft + (1 - lam) * y_soft[params.index])
+    torch.testing.assert_close(target.soft(), expected_soft(y_soft, target, params, name))
 
 
 @pytest.mark.parametrize("name", METHODS)
