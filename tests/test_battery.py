@@ -99,7 +99,8 @@ def expected_soft(dense, target, params, name):
         return lam * dense + (1 - lam) * dense[params.index]
     w = target.weight.to(torch.float32)
     own = (w * (target.index == torch.arange(target.index.shape[0]).unsqueeze(1))).sum(dim=1)
-    torch.testing.assert_close(own, params.lam.to(torch.float32))  # lam = the own sample's weight
+    # lam is the own sample's weight (more when a partner happens to be the sample itself)
+    assert (own >= params.lam.to(torch.float32) - 1e-5).all()
     return (w.unsqueeze(-1) * dense[target.index]).sum(dim=1)
 
 

@@ -23,6 +23,7 @@ from mixkit.errors import (
 from mixkit.hooks import mix_features
 from mixkit.losses import mixup_binary_cross_entropy, mixup_cross_entropy
 from mixkit.methods import ERM, BetweenClass, CutMix, FMix, ManifoldMixup, MixUp, ResizeMix
+from mixkit.methods.random_policies import RandomChoice, RandomMix
 from mixkit.registry import FAMILIES, MethodInfo, create, list_methods, method_info, register
 from mixkit.types import (
     BlendParams,
@@ -69,6 +70,8 @@ __all__ = [
     "ResizeMix",
     "FMix",
     "ManifoldMixup",
+    "RandomChoice",
+    "RandomMix",
     # losses and hooks
     "mixup_cross_entropy",
     "mixup_binary_cross_entropy",

@@ -1,0 +1,193 @@
+"""Random policies: one mixing method drawn per batch or per sample from a weighted list.
+
+Papers and reference code:
+    * Liu, Zhang, Li, Wu, "RandomMix: A mixed sample data augmentation method with multiple
+      mixed modes", arXiv 2205.08728, 2022 (no reference code was checked: the candidate set
+      and equal weights follow the paper's description).
+    * The composition itself follows torchvision's ``v2.RandomChoice`` and mmpretrain's
+      ``RandomBatchAugment`` (weights summing to less than one leave the rest unmixed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from mixkit.base import MixMethod
+from mixkit.errors import HyperParameterError
+from mixkit.registry import create, method_info, register
+from mixkit.types import MixTarget, Params
+
+__all__ = ["RandomChoice", "RandomMix", "ChoiceParams"]
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class ChoiceParams(Params):
+    """Params of a random choice: which method each sample got, and that method's params.
+
+    Attributes:
+        choice: ``(B,)`` int64 index into the methods; ``len(methods)`` means "not mixed".
+        inner: one entry per method: its params for this batch, or ``None`` if unused.
+    """
+
+    choice: Tensor
+    inner: tuple[Params | None, ...]
+
+
+def _resolve(methods: Sequence[MixMethod | str], num_classes: int | None, mode: str) -> list[MixMethod]:
+    out = []
+    for m in methods:
+        if isinstance(m, str):
+            options = {"num_classes": num_classes, "mode": mode}
+            m = create(m, **{k: v for k, v in options.items() if k in method_info(m).defaults})
+        if not isinstance(m, MixMethod):
+            raise HyperParameterError(f"methods must be registry names or mixkit methods, got {type(m).__name__}")
+        if method_info(m.name).needs:
+            raise HyperParameterError(f"{m.name} needs {', '.join(method_info(m.name).needs)}; "
+                                      "a random choice takes input-space methods only")
+        out.append(m)
+    return out
+
+
+def _weights(p: float | Sequence[float] | None, n: int) -> tuple[float, ...]:
+    if p is None:
+        p = 1.0
+    if isinstance(p, (int, float)):
+        if not 0.0 <= p <= 1.0:
+            raise HyperParameterError(f"p must be in [0, 1] or a list of {n} probabilities, got {p}")
+        return tuple(float(p) / n for _ in range(n))
+    p = tuple(float(v) for v in p)
+    if len(p) != n or any(v < 0 for v in p) or sum(p) > 1 + 1e-9:
+        raise HyperParameterError(f"p must hold {n} probabilities >= 0 summing to at most 1, got {list(p)}")
+    return p
+
+
+class RandomChoice(MixMethod):
+    """Apply one of several methods, drawn per batch or per sample with probabilities ``p``.
+
+    Weights summing to less than one leave the rest of the batches (or samples) unmixed.
+    Per-sample mode runs each method that some sample drew once on the whole batch (no loop
+    over samples) and keeps each sample's rows; the target has as many sources as the widest
+    method's, with zero weights where a method uses fewer.
+
+    Args:
+        methods: registry names or method objects (input-space methods).
+        p: probability of each method, or one number: the probability of mixing at all,
+            shared equally by the methods (default 1: always mix, uniform choice).
+        mode: ``"batch"`` (one method per call) or ``"elem"`` (one per sample); methods
+            given by name get the same mode.
+        num_classes: number of classes, passed to methods given by name.
+
+    Example:
+        >>> import torch, mixkit
+        >>> rc = mixkit.RandomChoice(["mixup", "cutmix"], p=[0.5, 0.5], mode="elem")
+        >>> out = rc(torch.rand(4, 3, 8, 8), torch.tensor([0, 1, 2, 3]), generator=torch.Generator().manual_seed(0))
+        >>> out.params.choice.tolist()  # 0: mixup, 1: cutmix
+        [1, 1, 0, 1]
+    """
+
+    def __init__(
+        self,
+        methods: Sequence[MixMethod | str],
+        *,
+        p: float | Sequence[float] | None = None,
+        mode: str = "batch",
+        num_classes: int | None = None,
+    ) -> None:
+        super().__init__(p=1.0, mode=mode, num_classes=num_classes)
+        if isinstance(methods, str) or not methods:
+            raise HyperParameterError(f"methods must be a non-empty list, got {methods!r}")
+        self.methods = tuple(methods)
+        self._methods = _resolve(self.methods, num_classes, self.mode)
+        self.p = p if p is None or isinstance(p, (int, float)) else tuple(p)
+        self._probs = torch.tensor(_weights(p, len(self._methods)) + (0.0,), dtype=torch.float64)
+        self._probs[-1] = max(0.0, 1.0 - float(self._probs[:-1].sum()))
+        self.needs_float = any(m.needs_float for m in self._methods)  # type: ignore[misc]
+
+    def check(self, x: Tensor, y: Tensor) -> None:
+        for m in self._methods:
+            m.check(x, y)
+
+    def sample(self, x: Tensor, y: Tensor | None = None, *, generator: torch.Generator | None = None) -> ChoiceParams:
+        b = x.shape[0]
+        n = 1 if self.mode == "batch" else b
+        choice = torch.multinomial(self._probs, n, replacement=True, generator=generator).expand(b).clone()
+        index, lam = torch.arange(b), torch.ones(b, dtype=torch.float64)
+        inner: list[Params | None] = []
+        for k, method in enumerate(self._methods):
+            rows = choice == k
+            params = method.sample(x, y, generator=generator) if bool(rows.any()) else None
+            inner.append(params)
+            if params is not None:
+                index = torch.where(rows, params.index, index)
+                lam = torch.where(rows, params.lam.to(torch.float64), lam)
+        return ChoiceParams(index=index, lam=lam, choice=choice, inner=tuple(inner))
+
+    def _mix(self, x: Tensor, params: ChoiceParams) -> Tensor:
+        out = None
+        for k, (method, inner) in enumerate(zip(self._methods, params.inner)):
+            if inner is None:
+                continue
+            mixed = method.apply(x, inner)
+            rows = (params.choice == k).to(x.device).view((-1,) + (1,) * (x.ndim - 1))
+            out = torch.where(rows, mixed, x if out is None else out)
+        return x.clone() if out is None else out
+
+    def target(self, y: Tensor, params: ChoiceParams) -> MixTarget:
+        parts = {k: m.target(y, p) for k, (m, p) in enumerate(zip(self._methods, params.inner)) if p is not None}
+        width = max([t.k for t in parts.values()] + [1])
+        b = y.shape[0]
+        index = torch.arange(b, device=y.device).unsqueeze(1).repeat(1, width)
+        weight = torch.zeros(b, width, device=y.device)
+        weight[:, 0] = 1.0
+        for k, t in parts.items():
+            rows = (params.choice == k).to(y.device)
+            weight = weight.to(t.weight.dtype)
+            index[rows] = F.pad(t.index, (0, width - t.k))[rows]  # padded sources get weight 0
+            weight[rows] = F.pad(t.weight, (0, width - t.k))[rows]
+        return MixTarget(y, index, weight, self.num_classes)
+
+
+@register(
+    "randommix",
+    family="random",
+    paper="RandomMix: A mixed sample data augmentation method with multiple mixed modes",
+    authors="Liu et al.",
+    venue="arXiv 2205.08728",
+    year=2022,
+    code="https://arxiv.org/abs/2205.08728",
+    sources="k",
+    summary="One of Mixup, CutMix, ResizeMix and FMix drawn per batch (or per sample), equal weights.",
+)
+class RandomMix(RandomChoice):
+    """RandomMix: a random choice among Mixup, CutMix, ResizeMix and FMix (paper defaults).
+
+    Pairing and lambda are those of the method drawn (lambda the weight of the original
+    sample). Any registered input-space methods and weights can be given instead.
+
+    Args:
+        methods: registry names or method objects.
+        p: probability of each method (default: uniform, as the paper).
+        mode: ``"batch"`` or ``"elem"``.
+        num_classes: number of classes.
+
+    Example:
+        >>> import torch, mixkit
+        >>> out = mixkit.create("randommix")(torch.rand(4, 3, 8, 8), torch.tensor([0, 1, 2, 3]))
+        >>> out.x.shape
+        torch.Size([4, 3, 8, 8])
+    """
+
+    def __init__(
+        self,
+        *,
+        methods: Sequence[MixMethod | str] = ("mixup", "cutmix", "resizemix", "fmix"),
+        p: float | Sequence[float] | None = None,
+        mode: str = "batch",
+        num_classes: int | None = None,
+    ) -> None:
+        super().__init__(methods, p=p, mode=mode, num_classes=num_classes)
