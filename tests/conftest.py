@@ -24,8 +24,8 @@ class TinyNet(nn.Module):
 
 
 def mixes(name: str) -> bool:
-    """False for the no-mixing baseline (ERM)."""
-    return mixkit.method_info(name).sources != 1
+    """Whether the method mixes at random (False for the ERM baseline, which has no ``p``)."""
+    return "p" in mixkit.method_info(name).defaults
 
 
 def make(name: str, **hparams):
