@@ -138,7 +138,7 @@ def test_probability_zero_mixes_nothing(name):
 def test_elem_mode_gives_each_sample_its_lambda(name):
     if not mixes(name) or mixkit.method_info(name).sources == 1:
         pytest.skip("no lambda: the label keeps one source")
-    if getattr(mixkit.method_info(name).cls, "fixed_lambda", False):
+    if mixkit.method_info(name).cls.fixed_lambda:
         pytest.skip("the paper fixes lambda")
     x, y = batch(b=16, size=16)
     _, _, params = run_method(mixkit.create(name, mode="elem"), x, y, generator=gen(10))

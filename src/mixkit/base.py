@@ -48,6 +48,8 @@ class MixMethod:
     spatial_dims: ClassVar[tuple[int, ...] | None] = None
     #: whether the method blends values (True) or only copies them (False: uint8 works too).
     needs_float: ClassVar[bool] = True
+    #: whether the paper fixes the label weight (no lambda distribution to sample).
+    fixed_lambda: ClassVar[bool] = False
 
     def __init__(self, *, p: float, mode: str, num_classes: int | None) -> None:
         self.p = check_probability(p, "p")

@@ -1,0 +1,393 @@
+"""k-sample mixing: quadrant tilings, nested boxes and optimal matching of point clouds.
+
+Pure tensor functions behind :mod:`mixkit.methods.multi`. A k-source mix is described by
+``sources (B, k)``, the batch rows each output draws from (column 0 is the row itself), and
+the geometry that says which source shows where.
+
+Follows Takahashi et al., "RICAP" (ACML 2018; github.com/jackryo/ricap), Bochkovskiy et al.,
+"YOLOv4" Mosaic (arXiv 2004.10934; github.com/AlexeyAB/darknet ``load_data_augment``), Jeong
+et al., "Observations on K-image Expansion of Image-Mixing Augmentation" (DCutMix; IEEE Access
+2023; github.com/clovaai/DCutMix), Xie et al., "Cut-Thumbnail" (ACM MM 2021;
+github.com/TianshuXie/Cut-Thumbnail) and Greenewald et al., "k-Mixup Regularization for Deep
+Learning via Optimal Transport" (TMLR 2023; github.com/AnmingGu/kmixup-cifar10). The
+assignment solver is the O(n^3) Hungarian method with potentials (Kuhn-Munkres as refined by
+Jonker and Volgenant), run on many small problems at once.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from mixkit import rng
+from mixkit.errors import ShapeError
+from mixkit.functional.boxes import box_mask
+
+__all__ = [
+    "chain_sources",
+    "own_weight",
+    "check_tiling",
+    "check_nested",
+    "merge_repeats",
+    "quadrant_cells",
+    "quadrant_shares",
+    "tile_quadrants",
+    "sample_nested_boxes",
+    "nested_shares",
+    "layer_map",
+    "paste_nested",
+    "paste_thumbnails",
+    "linear_assignment",
+    "match_clouds",
+]
+
+
+def chain_sources(b: int, k: int, *, generator: torch.Generator | None = None) -> Tensor:
+    """``(B, k)`` int64 source rows: the row itself, then its ``k - 1`` successors in a random cycle.
+
+    With ``order`` a random permutation, row ``order[i]`` draws from ``order[i + j mod B]`` in
+    column ``j``; each column is a permutation of the batch, and the ``k`` sources of a row are
+    distinct whenever ``B >= k`` (smaller batches wrap around and repeat rows).
+    """
+    order = rng.randperm(b, generator=generator)
+    pos = torch.empty_like(order)
+    pos[order] = torch.arange(b)
+    shift = torch.arange(k)
+    return order[(pos.unsqueeze(1) + shift) % b]
+
+
+def own_weight(sources: Tensor, weights: Tensor) -> Tensor:
+    """``(B,)`` float64: the total weight of each row's own sample among its sources."""
+    own = sources == torch.arange(sources.shape[0], device=sources.device).unsqueeze(1)
+    return (weights.to(torch.float64) * own).sum(dim=1)
+
+
+def merge_repeats(sources: Tensor, weights: Tensor) -> Tensor:
+    """Weights with each repeated source's weight moved to its first column (``(B, k)``).
+
+    Small batches repeat rows in ``sources``; merging keeps the dense labels unchanged and
+    makes column 0 carry the row's whole own weight.
+    """
+    same = sources.unsqueeze(2) == sources.unsqueeze(1)  # (B, k, k)
+    first = same.int().argmax(dim=2)  # first column holding the same row
+    return torch.zeros(weights.shape, dtype=weights.dtype, device=weights.device).scatter_add_(1, first, weights)
+
+
+def quadrant_cells(centre: Tensor, spatial: Sequence[int]) -> Tensor:
+    """``(N, 4, 4)`` int64 cells ``[top, left, bottom, right]`` (TL, TR, BL, BR) around ``centre``.
+
+    Args:
+        centre: ``(N, 2)`` int64 boundary point ``(row, col)``, within ``[0, H] x [0, W]``.
+        spatial: ``(H, W)``.
+    """
+    h, w = spatial
+    cy, cx = centre[:, 0], centre[:, 1]
+    zero, hh, ww = torch.zeros_like(cy), torch.full_like(cy, h), torch.full_like(cx, w)
+    tops = torch.stack([zero, zero, cy, cy], dim=1)
+    lefts = torch.stack([zero, cx, zero, cx], dim=1)
+    bottoms = torch.stack([cy, cy, hh, hh], dim=1)
+    rights = torch.stack([cx, ww, cx, ww], dim=1)
+    return torch.stack([tops, lefts, bottoms, rights], dim=2)
+
+
+def quadrant_shares(centre: Tensor, spatial: Sequence[int]) -> Tensor:
+    """``(N, 4)`` float64: the share of the image each quadrant cell covers (rows sum to 1)."""
+    cells = quadrant_cells(centre, spatial).to(torch.float64)
+    area = (cells[..., 2] - cells[..., 0]) * (cells[..., 3] - cells[..., 1])
+    return area / float(math.prod(spatial))
+
+
+def tile_quadrants(x: Tensor, sources: Tensor, centre: Tensor, offsets: Tensor) -> Tensor:
+    """Fill the four quadrant cells of each output with crops of their sources.
+
+    Cell ``k`` of row ``b`` (``[top, left, bottom, right]`` from :func:`quadrant_cells`) shows
+    ``x[sources[b, k]]`` from the crop of the same size whose top-left corner is
+    ``offsets[., k]``. Works on any dtype (uint8 included): values are only copied.
+
+    Args:
+        x: ``(B, C, H, W)`` batch; not modified.
+        sources: ``(B, 4)`` int64 source rows of the cells TL, TR, BL, BR.
+        centre: ``(N, 2)`` int64 boundary points, N in {1, B} (one geometry or one per row).
+        offsets: ``(N, 4, 2)`` int64 top-left ``(row, col)`` of each cell's crop in its source.
+
+    Returns:
+        ``(B, C, H, W)``, a new tensor in ``x``'s memory format.
+    """
+    spatial = tuple(x.shape[2:])
+    cells = quadrant_cells(centre, spatial)
+    sources = sources.to(x.device)
+    if centre.shape[0] == 1:
+        out = torch.empty_like(x)
+        for k, (t, l, b, r) in enumerate(cells[0].tolist()):
+            sy, sx = offsets[0, k].tolist()
+            crop = x[:, :, sy : sy + b - t, sx : sx + r - l]
+            out[:, :, t:b, l:r] = crop.index_select(0, sources[:, k])
+        return out
+    dev = x.device
+    h, w = spatial
+    shift = offsets.to(dev) - cells[..., :2].to(dev)  # (B, 4, 2) source corner - destination corner
+    start = sources * (h * w) + shift[..., 0] * w + shift[..., 1]  # (B, 4) flat offset of each cell
+    right = torch.arange(w, device=dev) >= centre[:, 1:].to(dev)  # (B, W)
+    top = torch.where(right, start[:, 1:2], start[:, 0:1])
+    bottom = torch.where(right, start[:, 3:4], start[:, 2:3])
+    below = (torch.arange(h, device=dev) >= centre[:, :1].to(dev)).unsqueeze(2)  # (B, H, 1)
+    flat = torch.where(below, bottom.unsqueeze(1), top.unsqueeze(1))
+    flat += torch.arange(h * w, device=dev).view(h, w)
+    return _gather_pixels(x, flat.view(-1))
+
+
+def _gather_pixels(x: Tensor, flat: Tensor) -> Tensor:
+    """``out[b, c, p] = x.flatten(2)[r, c, q]`` where ``flat[b * P + p] = r * P + q`` (P positions)."""
+    out = torch.empty_like(x)  # keeps x's memory format
+    if x.shape[1] <= 8:  # images: one gather per channel plane, each over the whole batch
+        for c in range(x.shape[1]):
+            out[:, c] = x[:, c].reshape(-1).index_select(0, flat).view(out[:, c].shape)
+        return out
+    planes = x.transpose(0, 1).reshape(x.shape[1], -1)  # feature maps: one gather for all channels
+    return out.copy_(planes.index_select(1, flat).view((x.shape[1], x.shape[0]) + x.shape[2:]).transpose(0, 1))
+
+
+def check_tiling(x: Tensor, sources: Tensor, centre: Tensor, offsets: Tensor) -> None:
+    """Raise :class:`~mixkit.errors.ShapeError` unless a quadrant tiling fits ``x (B, C, H, W)``."""
+    b, (h, w), n = x.shape[0], tuple(x.shape[2:]), centre.shape[0]
+    fits = sources.shape == (b, 4) and centre.shape in ((1, 2), (b, 2)) and offsets.shape == (n, 4, 2)
+    if fits:
+        cells = quadrant_cells(centre, (h, w))
+        ends = offsets + cells[..., 2:] - cells[..., :2]
+        fits = bool((ends >= offsets).all() & (offsets >= 0).all() & (ends <= torch.tensor([h, w])).all())
+    if not fits:
+        raise ShapeError(f"tiling params do not fit x of shape {tuple(x.shape)}; sample params for this size")
+
+
+def check_nested(x: Tensor, sources: Tensor, boxes: Tensor) -> None:
+    """Raise :class:`~mixkit.errors.ShapeError` unless nested boxes fit ``x (B, C, *spatial)``."""
+    d, b = x.ndim - 2, x.shape[0]
+    fits = boxes.ndim == 3 and boxes.shape[0] in (1, b) and boxes.shape[2] == 2 * d
+    fits = fits and sources.shape == (b, boxes.shape[1] + 1)
+    if fits:
+        fits = bool((boxes[..., d:] <= torch.tensor(x.shape[2:])).all() & (boxes >= 0).all())
+    if not fits:
+        raise ShapeError(f"nested boxes of shape {tuple(boxes.shape)} do not fit x of shape {tuple(x.shape)}")
+
+
+def sample_nested_boxes(
+    shares: Tensor, spatial: Sequence[int], *, generator: torch.Generator | None = None
+) -> Tensor:
+    """DCutMix's nested boxes: box ``k`` holds the stick left after the first ``k + 1`` shares.
+
+    Stick-breaking as the reference code: ``v_k = s_k / (1 - s_0 - ... - s_{k-1})``; box ``k``
+    has side ``round(side_{k-1} * (1 - v_k)^(1/d))`` per dim (the image is box ``-1``) and a
+    uniform integer place inside box ``k - 1``. The ring between boxes ``k - 1`` and ``k``
+    shows source ``k``; the last box shows the last source.
+
+    Args:
+        shares: ``(N, K)`` target shares (rows of a Dirichlet draw), K >= 2.
+        spatial: the spatial sizes, 1 to 3 dims.
+        generator: CPU generator.
+
+    Returns:
+        ``(N, K - 1, 2 * d)`` int64 boxes ``[start_1..start_d, end_1..end_d]``, each inside the last.
+    """
+    d = len(spatial)
+    shares = shares.to(torch.float64)
+    n, k = shares.shape
+    left = 1.0 - torch.cumsum(shares, dim=1) + shares  # stick left before piece k
+    v = torch.where(left > 0, shares / left.clamp_min(1e-300), torch.ones_like(shares)).clamp(0, 1)
+    starts = torch.zeros(n, d, dtype=torch.long)
+    sides = torch.tensor(list(spatial), dtype=torch.long).expand(n, d)
+    boxes = []
+    for j in range(k - 1):
+        ratio = (1.0 - v[:, j : j + 1]) ** (1.0 / d)
+        new = torch.round(sides.to(torch.float64) * ratio).long().clamp(max=sides)
+        room = (sides - new + 1).to(torch.float64)
+        starts = starts + torch.floor(rng.uniform((n, d), generator=generator) * room).long().clamp(max=sides - new)
+        sides = new
+        boxes.append(torch.cat([starts, starts + sides], dim=1))
+    return torch.stack(boxes, dim=1)
+
+
+def nested_shares(boxes: Tensor, spatial: Sequence[int]) -> Tensor:
+    """``(N, K)`` float64 visible shares of nested boxes: the rings, then the innermost box."""
+    d = len(spatial)
+    vol = (boxes[..., d:] - boxes[..., :d]).clamp_min(0).to(torch.float64).prod(dim=-1)
+    vol = vol / float(math.prod(spatial))
+    outer = torch.cat([torch.ones_like(vol[:, :1]), vol], dim=1)
+    return torch.cat([outer[:, :-1] - outer[:, 1:], outer[:, -1:]], dim=1)
+
+
+def layer_map(boxes: Tensor, spatial: Sequence[int], device: torch.device | str | None = None) -> Tensor:
+    """``(N, *spatial)`` int64: which source shows at each position (later boxes cover earlier).
+
+    Source 0 outside every box, source ``k + 1`` inside box ``k`` unless a later box covers it.
+    """
+    small = torch.uint8 if boxes.shape[1] < 256 else torch.long
+    layer = torch.zeros((boxes.shape[0],) + tuple(spatial), dtype=small, device=device)
+    for j in range(boxes.shape[1]):
+        layer.masked_fill_(box_mask(boxes[:, j], spatial, device).squeeze(1), j + 1)
+    return layer.long()
+
+
+def paste_nested(x: Tensor, sources: Tensor, boxes: Tensor) -> Tensor:
+    """Paste ``x[sources[:, k + 1]]`` inside box ``k``, for k = 0.. in turn (later boxes on top).
+
+    Args:
+        x: ``(B, C, *spatial)`` batch, 1 to 3 spatial dims, any dtype; not modified.
+        sources: ``(B, K)`` int64 source rows (column 0 shows outside every box).
+        boxes: ``(N, K - 1, 2 * d)`` int64 boxes, N in {1, B}.
+    """
+    d = x.ndim - 2
+    sources = sources.to(x.device)
+    if boxes.shape[0] == 1:
+        out = x.clone()
+        for j, box in enumerate(boxes[0].tolist()):
+            region = (slice(None), slice(None)) + tuple(slice(box[i], box[d + i]) for i in range(d))
+            out[region] = x[region].index_select(0, sources[:, j + 1])
+        return out
+    spatial = tuple(x.shape[2:])
+    start = sources * math.prod(spatial)  # (B, K) flat offset of each source
+    flat = start[:, :1].view((-1,) + (1,) * d).repeat((1,) + spatial)
+    for j in range(boxes.shape[1]):  # later boxes cover earlier ones
+        inside = box_mask(boxes[:, j], spatial, x.device).squeeze(1)
+        torch.where(inside, start[:, j + 1].view((-1,) + (1,) * d), flat, out=flat)
+    flat += torch.arange(math.prod(spatial), device=x.device).view(spatial)
+    return _gather_pixels(x, flat.view(-1))
+
+
+def paste_thumbnails(x: Tensor, index: Tensor, boxes: Tensor) -> Tensor:
+    """Paste the whole of ``x[index]``, shrunk to the boxes' common size, into ``x`` at each box.
+
+    Cut-Thumbnail's paste: every box has the same size (or is empty: that row is left as is);
+    the thumbnails are made once for the batch with ``F.interpolate`` ((bi/tri)linear,
+    ``align_corners=False``, as :func:`mixkit.functional.paste_resized`) and rounded back for
+    integer images.
+
+    Args:
+        x: ``(B, C, *spatial)`` batch, 1 to 3 spatial dims, any dtype; not modified.
+        index: ``(B,)`` the row whose thumbnail each row receives.
+        boxes: ``(N, 2 * d)`` int64 boxes, N in {1, B}, all of one size or empty.
+    """
+    d = x.ndim - 2
+    sides = boxes[:, d:] - boxes[:, :d]
+    full = (sides > 0).all(dim=1)
+    if not bool(full.any()):
+        return x.clone()
+    size = sides[full][0].tolist()
+    work = x if x.dtype in (torch.float32, torch.float64) else x.float()
+    thumbs = F.interpolate(work, size=size, mode=("linear", "bilinear", "trilinear")[d - 1], align_corners=False)
+    if x.is_floating_point():
+        thumbs = thumbs.to(x.dtype)
+    else:
+        info = torch.iinfo(x.dtype)
+        thumbs = thumbs.round_().clamp_(info.min, info.max).to(x.dtype)
+    thumbs = thumbs.index_select(0, index.to(x.device))
+    out = x.clone()
+    if boxes.shape[0] == 1:
+        out[(slice(None), slice(None)) + tuple(slice(a, a + s) for a, s in zip(boxes[0, :d].tolist(), size))] = thumbs
+        return out
+    rows = full.nonzero().squeeze(1).to(x.device)
+    starts = boxes[full, :d].to(x.device)
+    grids = tuple(
+        starts[:, i].view((-1,) + (1,) * d)
+        + torch.arange(s, device=x.device).view((1,) * (i + 1) + (s,) + (1,) * (d - i - 1))
+        for i, s in enumerate(size)
+    )
+    out[(rows.view((-1,) + (1,) * d), slice(None)) + grids] = thumbs.index_select(0, rows).movedim(1, -1)
+    return out
+
+
+def linear_assignment(cost: np.ndarray) -> np.ndarray:
+    """Exact minimum-cost perfect matchings of many square problems at once.
+
+    The Hungarian method with row/column potentials and shortest augmenting paths (O(n^3) per
+    problem), vectorised over the leading dim: every problem runs the same steps, finished
+    ones idle.
+
+    Args:
+        cost: ``(P, n, n)`` finite costs.
+
+    Returns:
+        ``(P, n)`` int64: ``perm[p, i]`` is the column matched to row ``i``; it minimises
+        ``sum_i cost[p, i, perm[p, i]]``.
+    """
+    cost = np.asarray(cost, dtype=np.float64)
+    problems, n, m = cost.shape
+    if n != m:
+        raise ValueError(f"cost must hold square matrices, got shape {cost.shape}")
+    if not np.isfinite(cost).all():
+        raise ValueError("cost must be finite")
+    ar = np.arange(problems)
+    u, v = np.zeros((problems, n + 1)), np.zeros((problems, n + 1))
+    match = np.zeros((problems, n + 1), dtype=np.int64)  # row (1-based) matched to column j
+    way = np.zeros((problems, n + 1), dtype=np.int64)
+    for i in range(1, n + 1):
+        match[:, 0] = i
+        j0 = np.zeros(problems, dtype=np.int64)
+        minv = np.full((problems, n + 1), np.inf)
+        used = np.zeros((problems, n + 1), dtype=bool)
+        active = np.ones(problems, dtype=bool)
+        while active.any():
+            used[ar[active], j0[active]] = True
+            i0 = match[ar, j0]
+            cur = cost[ar, i0 - 1, :] - u[ar, i0][:, None] - v[:, 1:]
+            free = ~used[:, 1:] & active[:, None]
+            better = free & (cur < minv[:, 1:])
+            minv[:, 1:] = np.where(better, cur, minv[:, 1:])
+            way[:, 1:] = np.where(better, j0[:, None], way[:, 1:])
+            masked = np.where(free, minv[:, 1:], np.inf)
+            j1 = masked.argmin(axis=1) + 1
+            delta = np.where(active, masked[ar, j1 - 1], 0.0)
+            step = np.where(used & active[:, None], delta[:, None], 0.0)
+            np.add.at(u, (np.repeat(ar, n + 1), match.ravel()), step.ravel())
+            v -= step
+            minv[:, 1:] -= np.where(free, delta[:, None], 0.0)
+            j0 = np.where(active, j1, j0)
+            active &= match[ar, j0] != 0
+        active = np.ones(problems, dtype=bool)
+        while active.any():  # flip the augmenting path back to the root
+            j1 = way[ar, j0]
+            match[ar[active], j0[active]] = match[ar[active], j1[active]]
+            j0 = np.where(active, j1, j0)
+            active &= j0 != 0
+    perm = np.empty((problems, n), dtype=np.int64)
+    perm[ar[:, None], match[:, 1:] - 1] = np.arange(n)
+    return perm
+
+
+def match_clouds(x: Tensor, order: Tensor, partner: Tensor, k: int) -> Tensor:
+    """k-Mixup's pairing: optimal matchings between clouds of ``k`` rows.
+
+    Cloud ``c`` holds rows ``order[c*k:(c+1)*k]`` and is matched to the rows
+    ``partner[c*k:(c+1)*k]`` by the permutation that minimises the total squared Euclidean
+    distance of the flattened samples; a last, smaller cloud takes the remaining rows.
+
+    Args:
+        x: ``(B, ...)`` float batch (the distances are taken in float32 or float64).
+        order: ``(B,)`` permutation that groups the rows into clouds.
+        partner: ``(B,)`` permutation that gives each cloud its partner cloud.
+        k: cloud size (>= 1).
+
+    Returns:
+        ``(B,)`` int64 on the CPU: the partner row of each row.
+    """
+    b = x.shape[0]
+    work = torch.float64 if x.dtype == torch.float64 else torch.float32
+    flat = x.detach().reshape(b, -1).to(work)
+    index = torch.empty(b, dtype=torch.long)
+    start = 0
+    for size, count in ((k, b // k), (b % k, 1 if b % k else 0)):
+        if not count:
+            continue
+        rows = order[start : start + size * count].view(count, size)
+        cols = partner[start : start + size * count].view(count, size)
+        a, c = flat[rows.to(x.device)], flat[cols.to(x.device)]  # (count, size, D)
+        norms = a.square().sum(-1, keepdim=True) + c.square().sum(-1).unsqueeze(1)
+        cost = torch.baddbmm(norms, a, c.transpose(1, 2), alpha=-2).clamp_min(0)  # squared distances
+        perm = torch.from_numpy(linear_assignment(cost.cpu().double().numpy()))
+        index[rows.reshape(-1)] = cols.gather(1, perm).reshape(-1)
+        start += size * count
+    return index
