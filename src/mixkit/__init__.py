@@ -23,6 +23,11 @@ from mixkit.errors import (
 from mixkit.hooks import mix_features
 from mixkit.losses import mixup_binary_cross_entropy, mixup_cross_entropy
 from mixkit.methods import ERM, BetweenClass, CutMix, FMix, ManifoldMixup, MixUp, ResizeMix
+from mixkit.methods.cutting_halves import YOCO, StackMix
+from mixkit.methods.cutting_masks import GMix, GridMix, HMix, SmoothMix
+from mixkit.methods.linear_more import LocalMixup, SamplePairing
+from mixkit.methods.mixed_example import MixedExample
+from mixkit.methods.multi import RICAP, CutThumbnail, DCutMix, KMixup, Mosaic
 from mixkit.methods.random_policies import RandomChoice, RandomMix
 from mixkit.registry import FAMILIES, MethodInfo, create, list_methods, method_info, register
 from mixkit.types import (
@@ -72,6 +77,20 @@ __all__ = [
     "ManifoldMixup",
     "RandomChoice",
     "RandomMix",
+    "LocalMixup",
+    "SamplePairing",
+    "MixedExample",
+    "SmoothMix",
+    "GMix",
+    "HMix",
+    "GridMix",
+    "StackMix",
+    "YOCO",
+    "RICAP",
+    "Mosaic",
+    "DCutMix",
+    "CutThumbnail",
+    "KMixup",
     # losses and hooks
     "mixup_cross_entropy",
     "mixup_binary_cross_entropy",
