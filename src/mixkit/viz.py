@@ -98,11 +98,11 @@ def method_gallery(
         info = method_info(name)
         where = "\nmix shown at input" if "features" in info.needs else ""
         axes[row, 0].set_ylabel(f"{name}\n({info.family}, {info.year}){where}", fontsize=8)
-    fig.suptitle("mixkit: each method with paper defaults, one lambda per sample", fontsize=10)
     fig.tight_layout()
+    fig.suptitle("mixkit: each method with paper defaults, one lambda per sample", fontsize=10, y=1.0, va="bottom")
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
+    fig.savefig(out, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return out
 
@@ -144,10 +144,10 @@ def pair_grid(
         axes[0, col].set_title(names[int(labels[col])], fontsize=7)
         axes[1, col].set_title(names[int(labels[params.index[col]])], fontsize=7)
         axes[2, col].set_xlabel(_caption(target, col, names), fontsize=7)
-    fig.suptitle(f"{method} {m.hparams}", fontsize=8)
     fig.tight_layout()
+    fig.suptitle(f"{method} {m.hparams}", fontsize=8, y=1.0, va="bottom")
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
+    fig.savefig(out, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return out
