@@ -36,7 +36,8 @@ def time_call(fn, warmup: int, repeats: int) -> list[float]:
 
 
 def make_call(name: str, mode: str, x: torch.Tensor, y: torch.Tensor, g: torch.Generator):
-    method = mixkit.create(name, mode=mode)
+    options = {"mode": mode} if "mode" in mixkit.method_info(name).defaults else {}
+    method = mixkit.create(name, **options)
     if "model" in mixkit.method_info(name).needs:  # time the feature mix itself, on x
         def call():
             params = method.sample(x, y, generator=g)
@@ -62,7 +63,8 @@ def main() -> None:
     y = torch.randint(0, 10, (args.batch,), generator=g)
     rows = []
     for name in args.methods or mixkit.list_methods():
-        for mode in ("batch", "elem"):
+        modes = ("batch", "elem") if "mode" in mixkit.method_info(name).defaults else ("batch",)
+        for mode in modes:
             t = time_call(make_call(name, mode, x, y, g), args.warmup, args.repeats)
             q = statistics.quantiles(t, n=4)
             rows.append({"method": name, "mode": mode, "median_ms": statistics.median(t), "q1_ms": q[0], "q3_ms": q[2]})
