@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["blend", "bc_plus_blend", "mask_blend", "match_format"]
+__all__ = ["blend", "bc_plus_blend", "mask_blend", "select_by_mask", "match_format"]
 
 
 def match_format(out: Tensor, like: Tensor) -> Tensor:
@@ -82,7 +82,11 @@ def mask_blend(x: Tensor, index: Tensor, mask: Tensor) -> Tensor:
 
     A boolean mask copies values (works on uint8); a float mask blends them.
     """
-    partner = x.index_select(0, index.to(x.device))
+    return select_by_mask(x, x.index_select(0, index.to(x.device)), mask)
+
+
+def select_by_mask(x: Tensor, partner: Tensor, mask: Tensor) -> Tensor:
+    """``mask * x + (1 - mask) * partner``: a bool mask copies values, a float mask blends."""
     mask = mask.to(x.device)
     if mask.dtype == torch.bool:
         out = torch.where(mask, x, partner)

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from mixkit import rng
-from mixkit.functional.blend import mask_blend, match_format
+from mixkit.functional.blend import mask_blend, select_by_mask
 
 __all__ = ["MIXED_EXAMPLE_VARIANTS", "BLENDING_VARIANTS", "sample_mixed_example", "shifted_mask_mix"]
 
@@ -265,9 +265,4 @@ def shifted_mask_mix(
     if cols is not None:
         cols = cols.to(x.device).view(-1, 1, 1, w).expand(b, c, h, w)
         partner = partner.gather(3, cols)
-    mask = mask.to(x.device)
-    if mask.dtype == torch.bool:
-        out = torch.where(mask, x, partner)
-    else:
-        out = torch.lerp(partner, x, mask.to(x.dtype))
-    return match_format(out, x)
+    return select_by_mask(x, partner, mask)
