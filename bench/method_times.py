@@ -2,6 +2,12 @@
 
 Usage:
     python bench/method_times.py [--size 224] [--batch 128] [--repeats 15] [--out bench/results/method_times.json]
+    python bench/method_times.py --methods pixmix augmix   # re-time some methods, keep the other rows
+
+Label policies (family ``label``) mix as the method they wrap, so they are not timed here
+(their cost is in the training step). A method whose first call takes long gets fewer
+repeats (at least 3) so that each (method, mode) stays within ``--budget`` seconds. Each row
+records when it was measured and the machine's load average then.
 
 For each method and mode ("batch", "elem") it runs ``method(x, y)`` (``method.sample`` then
 ``method.apply``, for feature-level methods the mix of the input itself) ``--warmup`` times,
@@ -14,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
@@ -24,9 +31,13 @@ import torch
 import mixkit
 
 
-def time_call(fn, warmup: int, repeats: int) -> list[float]:
-    for _ in range(warmup):
+def time_call(fn, warmup: int, repeats: int, budget: float = 30.0) -> list[float]:
+    start = time.perf_counter()
+    fn()
+    first = time.perf_counter() - start
+    for _ in range(warmup - 1 if first < 1.0 else 0):
         fn()
+    repeats = max(3, min(repeats, int(budget / max(first, 1e-6))))
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -55,20 +66,32 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--methods", nargs="*", default=None)
+    parser.add_argument("--budget", type=float, default=30.0, help="seconds per (method, mode), roughly")
+    parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", default="bench/results/method_times.json")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     g = torch.Generator().manual_seed(0)
     x = torch.rand(args.batch, 3, args.size, args.size, generator=g)
     y = torch.randint(0, 10, (args.batch,), generator=g)
     rows = []
-    for name in args.methods or mixkit.list_methods():
+    names = args.methods or [n for n in mixkit.list_methods() if mixkit.method_info(n).family != "label"]
+    for name in names:
         modes = ("batch", "elem") if "mode" in mixkit.method_info(name).defaults else ("batch",)
         for mode in modes:
-            t = time_call(make_call(name, mode, x, y, g), args.warmup, args.repeats)
+            t = time_call(make_call(name, mode, x, y, g), args.warmup, args.repeats, args.budget)
             q = statistics.quantiles(t, n=4)
-            rows.append({"method": name, "mode": mode, "median_ms": statistics.median(t), "q1_ms": q[0], "q3_ms": q[2]})
+            rows.append({"method": name, "mode": mode, "median_ms": statistics.median(t), "q1_ms": q[0], "q3_ms": q[2],
+                         "repeats": len(t), "threads": torch.get_num_threads(),
+                         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "loadavg_1min": os.getloadavg()[0]})
             print(f"{name:16s} {mode:5s} median {rows[-1]['median_ms']:8.1f} ms  IQR [{q[0]:.1f}, {q[2]:.1f}]", flush=True)
+    out = Path(args.out)
+    if args.methods and out.exists():  # keep the rows of the methods not re-timed
+        kept = [r for r in json.loads(out.read_text())["rows"] if r["method"] not in set(args.methods)]
+        order = {n: i for i, n in enumerate(mixkit.list_methods())}
+        rows = sorted(kept + rows, key=lambda r: (order.get(r["method"], 1 << 20), r["mode"]))
     result = {
         "input": {"shape": list(x.shape), "dtype": str(x.dtype), "device": str(x.device)},
         "torch": torch.__version__,
@@ -78,7 +101,6 @@ def main() -> None:
         "repeats": args.repeats,
         "rows": rows,
     }
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print("\n| method | mode | median (ms) | IQR (ms) |\n|---|---|---|---|")

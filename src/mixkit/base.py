@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from mixkit import rng
+from mixkit.holdout import Holdout
 from mixkit.types import MixOutput, MixTarget, Params, StepOutput
 from mixkit.validation import check_choice, check_labels, check_params, check_positive_int, check_probability, check_x
 
@@ -24,8 +25,11 @@ __all__ = ["MixMethod", "MixCollate"]
 MODES = ("batch", "elem")
 
 
-def _rebuild(cls: type, hparams: dict[str, Any]) -> Any:
-    return cls(**hparams)
+def _rebuild(cls: type, hparams: dict[str, Any], normalization: tuple[Any, Any] | None = None) -> Any:
+    method = cls(**hparams)
+    if normalization is not None:
+        method.set_input_normalization(*normalization)
+    return method
 
 
 class MixMethod:
@@ -50,6 +54,15 @@ class MixMethod:
     needs_float: ClassVar[bool] = True
     #: whether the paper fixes the label weight (no lambda distribution to sample).
     fixed_lambda: ClassVar[bool] = False
+    #: whether params with every ``lam == 1`` leave the batch unchanged (False for
+    #: label-preserving augmentations such as AugMix, which change the image but not the label).
+    identity_at_full_lambda: ClassVar[bool] = True
+    #: per-channel ``(mean, std)`` the input was normalised with, for methods that work in
+    #: pixel space (None: inputs are raw pixels in [0, 1]); see :meth:`set_input_normalization`.
+    input_normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+    #: share of every class the training engine keeps out of training for this method and
+    #: hands to :meth:`attach_holdout` (0: the method needs no held-out data).
+    holdout_fraction: float = 0.0
 
     def __init__(self, *, p: float, mode: str, num_classes: int | None) -> None:
         self.p = check_probability(p, "p")
@@ -98,7 +111,8 @@ class MixMethod:
         rng.check_generator(generator)
         self.check(x, y)
         params = self.sample(x, y, generator=generator)
-        mixed = x.clone() if bool(params.lam.eq(1).all()) else self._mix(x, params)
+        unchanged = self.identity_at_full_lambda and bool(params.lam.eq(1).all())
+        mixed = x.clone() if unchanged else self._mix(x, params)
         return MixOutput(mixed, self.target(y, params), params)
 
     # ------------------------------------------------------------------------- training
@@ -137,6 +151,56 @@ class MixMethod:
         if state:
             raise ValueError(f"{type(self).__name__} keeps no state, got keys {sorted(state)}")
 
+    def attach_holdout(self, holdout: Holdout) -> None:
+        """Receive the held-out split the engine made for ``holdout_fraction`` (see
+        :mod:`mixkit.holdout`); methods that ask for one override this."""
+        raise TypeError(f"{type(self).__name__} does not use held-out data (holdout_fraction is 0)")
+
+    def epoch_end(self, model: nn.Module) -> dict[str, float]:
+        """Called by the engine after every training epoch, before the checkpoint is written.
+
+        Methods that adapt between epochs (CAMixup's per-class switch, a refitted density)
+        override this; the returned numbers are logged with the epoch's record.
+        """
+        return {}
+
+    def set_input_normalization(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        """Tell the method how its inputs were normalised: ``x = (pixels - mean) / std``.
+
+        The training engine calls this for every method. Only methods that work in pixel
+        space (AugMix's posterize, PixMix's multiplicative mixing...) use it, through
+        :meth:`_to_pixels` and :meth:`_from_pixels`; the rest are linear and indifferent.
+
+        Args:
+            mean: per-channel means in [0, 1] pixel units.
+            std: per-channel standard deviations (> 0).
+        """
+        mean_t, std_t = tuple(float(m) for m in mean), tuple(float(s) for s in std)
+        if len(mean_t) != len(std_t) or not mean_t:
+            raise ValueError(f"mean and std must have the same non-zero length, got {len(mean_t)} and {len(std_t)}")
+        if min(std_t) <= 0:
+            raise ValueError(f"std must be > 0, got {std_t}")
+        self.input_normalization = (mean_t, std_t)
+
+    def _stats(self, x: Tensor) -> tuple[Tensor, Tensor] | None:
+        if self.input_normalization is None:
+            return None
+        mean, std = (torch.tensor(v, dtype=x.dtype, device=x.device) for v in self.input_normalization)
+        if x.dim() >= 2 and mean.numel() not in (1, x.shape[1]):
+            raise ValueError(f"input normalisation has {mean.numel()} channels, x has {x.shape[1]}")
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        return mean.view(shape), std.view(shape)
+
+    def _to_pixels(self, x: Tensor) -> Tensor:
+        """``x`` in [0, 1] pixel units (undoing :meth:`set_input_normalization`'s stats)."""
+        stats = self._stats(x)
+        return x if stats is None else x * stats[1] + stats[0]
+
+    def _from_pixels(self, x: Tensor) -> Tensor:
+        """Back from pixel units to the normalised space the input came in."""
+        stats = self._stats(x)
+        return x if stats is None else (x - stats[0]) / stats[1]
+
     # ------------------------------------------------------------------------------ helpers
     def _active(self, b: int, generator: torch.Generator | None) -> Tensor:
         """``(B,)`` bool: which samples are mixed under ``p`` and ``mode``."""
@@ -164,7 +228,7 @@ class MixMethod:
         return f"{type(self).__name__}({args})"
 
     def __reduce__(self) -> tuple[Callable[..., Any], tuple[Any, ...]]:
-        return (_rebuild, (type(self), self.hparams))
+        return (_rebuild, (type(self), self.hparams, self.input_normalization))
 
 
 

@@ -73,10 +73,16 @@ def _method_args(args: argparse.Namespace) -> dict[str, Any]:
     for key in ("alpha", "p", "mode"):
         if getattr(args, key, None) is not None:
             out[key] = getattr(args, key)
-    for item in args.method_arg or []:
+    out.update(_key_values(args.method_arg, "--method-arg"))
+    return out
+
+
+def _key_values(items: list[str] | None, flag: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items or []:
         key, sep, value = item.partition("=")
         if not sep:
-            raise ValueError(f"--method-arg expects KEY=VALUE, got {item!r}")
+            raise ValueError(f"{flag} expects KEY=VALUE, got {item!r}")
         out[key] = _parse_value(value)
     return out
 
@@ -97,8 +103,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from mixkit.train import distributed, train
 
     method_info(args.method)  # unknown names fail before any data is loaded
+    if args.label_policy is not None:
+        method_info(args.label_policy)
     distributed.init_from_env()
-    cfg = _config(args, method=args.method, method_args=_method_args(args), out=args.out, save_mixer=args.save_mixer)
+    cfg = _config(args, method=args.method, method_args=_method_args(args), out=args.out, save_mixer=args.save_mixer,
+                  label_policy=args.label_policy, label_policy_args=_key_values(args.label_arg, "--label-arg"))
     metrics = train(cfg, resume=args.resume)
     if distributed.is_main():
         final = metrics["final"]
@@ -115,7 +124,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     distributed.init_from_env()
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     for m in methods:
-        method_info(m)
+        for part in m.split("+"):
+            method_info(part)
     seeds = [int(s) for s in args.seeds.split(",")]
     cfg = _config(args, out=args.out)
     run_bench(methods, seeds, cfg, args.out, train_missing=not args.report_only)
@@ -150,6 +160,8 @@ def add_train_commands(sub: Any) -> None:
     p.add_argument("--p", type=float, help="probability of mixing")
     p.add_argument("--mode", choices=("batch", "elem"), help="one lambda per batch or per sample")
     p.add_argument("--method-arg", action="append", metavar="KEY=VALUE", help="any other hyper-parameter (JSON value)")
+    p.add_argument("--label-policy", help="a label policy (family 'label') to train the method with")
+    p.add_argument("--label-arg", action="append", metavar="KEY=VALUE", help="a label-policy hyper-parameter (JSON value)")
     p.add_argument("--out", default="runs/run", help="output directory")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     p.add_argument("--save-mixer", help="learnable methods: save the trained mixer to this file")
@@ -157,7 +169,8 @@ def add_train_commands(sub: Any) -> None:
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("bench", help="run a grid of methods x seeds and report")
-    p.add_argument("--methods", required=True, help="comma-separated method names")
+    p.add_argument("--methods", required=True,
+                   help="comma-separated method names; NAME+POLICY trains NAME under a label policy")
     p.add_argument("--seeds", default="0", help="comma-separated seeds (default: 0)")
     p.add_argument("--out", default="runs/bench", help="output directory (re-run to resume)")
     p.add_argument("--report-only", action="store_true", help="train nothing: report the finished runs")

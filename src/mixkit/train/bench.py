@@ -50,7 +50,9 @@ def run_bench(
 ) -> list[dict[str, Any]]:
     """Run (or reuse) every method x seed; return the summary rows and write the report.
 
-    With ``train_missing=False`` nothing is trained: the report covers the finished runs.
+    A method written ``NAME+POLICY`` (``mixup+decouplemix``) trains ``NAME`` under the label
+    policy ``POLICY``. With ``train_missing=False`` nothing is trained: the report covers the
+    finished runs.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -58,7 +60,9 @@ def run_bench(
     for seed in seeds:
         for method in methods:
             run_dir = out / f"{method}-seed{seed}"
-            cfg = dataclasses.replace(base, method=method, seed=seed, out=str(run_dir), method_args={})
+            name, _, policy = method.partition("+")
+            cfg = dataclasses.replace(base, method=name, label_policy=policy or None, seed=seed, out=str(run_dir),
+                                      method_args={}, label_policy_args={})
             metrics = _load_finished(run_dir, cfg)
             if metrics is None and not train_missing:
                 continue
@@ -86,6 +90,12 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
+def _epoch_time(run: dict[str, Any]) -> float:
+    """A run's median epoch time (robust to a machine that was busy for part of the run)."""
+    times = [e["epoch_time_s"] for e in run.get("epochs", []) if "epoch_time_s" in e]
+    return statistics.median(times) if times else run["train_time_per_epoch_s"]
+
+
 def summarize(results: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
     """One row per method: mean and std over seeds of each metric, time per epoch, relative cost."""
     rows = []
@@ -96,7 +106,7 @@ def summarize(results: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
         for key in _METRICS:
             vals = [r["final"][key] for r in runs if key in r["final"]]
             row[f"{key}_mean"], row[f"{key}_std"] = _mean_std(vals)
-        row["epoch_time_s"] = statistics.fmean(r["train_time_per_epoch_s"] for r in runs)
+        row["epoch_time_s"] = statistics.fmean(_epoch_time(r) for r in runs)
         rows.append(row)
     base_time = next((r["epoch_time_s"] for r in rows if r["method"] == "erm"), rows[0]["epoch_time_s"] if rows else 1.0)
     for r in rows:
@@ -116,7 +126,8 @@ def write_report(rows: list[dict[str, Any]], results: dict[str, list[dict[str, A
         "",
         "Mean ± standard deviation over seeds (n = seeds). top-1 last: the last epoch's test top-1;",
         f"top-1 median: the median of the last {base.median_last} evaluations; ECE with 15 bins;",
-        "corruption: mean top-1 over the corruptions and severities; cost: time per epoch relative to ERM.",
+        "corruption: mean top-1 over the corruptions and severities; s / epoch: the median training time",
+        "of an epoch; cost: s / epoch relative to ERM.",
         "",
         "| method | n | top-1 last (%) | top-1 median (%) | NLL | ECE | corruption top-1 (%) | s / epoch | cost |",
         "|---|---|---|---|---|---|---|---|---|",

@@ -24,6 +24,9 @@ class TrainConfig:
         model: model name (see ``mixkit.models.list_models()``).
         method: registered method name (``erm`` for no mixing).
         method_args: hyper-parameters of the method (``alpha``, ``p``, ``mode``...).
+        label_policy: a registered label policy (family ``label``) to train ``method`` with
+            (None: the plain loss).
+        label_policy_args: hyper-parameters of the label policy.
         epochs: number of epochs.
         batch_size: training batch size.
         subset: training images per class (None: all), the same subset for every run of a seed-free choice.
@@ -64,6 +67,8 @@ class TrainConfig:
     model: str = "resnet20"
     method: str = "erm"
     method_args: dict[str, Any] = field(default_factory=dict)
+    label_policy: str | None = None
+    label_policy_args: dict[str, Any] = field(default_factory=dict)
     epochs: int = 10
     batch_size: int = 128
     subset: int | None = None

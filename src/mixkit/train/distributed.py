@@ -126,8 +126,15 @@ def train_step(
         return method.train_step(model, x, y, criterion=criterion, generator=generator)
     from mixkit.registry import method_info
 
+    from mixkit.base import MixMethod
+
     if method_info(method.name).needs:
         raise HyperParameterError(f"pair_across_ranks works with input-space methods only, not {method.name}")
+    if type(method).train_step is not MixMethod.train_step:
+        raise HyperParameterError(
+            f"pair_across_ranks mixes the gathered batch with the plain mix-forward-loss step; {method.name} has its "
+            "own training step (a label policy, an extra loss term or forward), which would be skipped: "
+            "train it without pair_across_ranks")
     xs, ys = gather_cat(x), gather_cat(y)
     out = method(xs, ys, generator=generator)  # same draws on every rank (same generator state)
     b, r = x.shape[0], rank()

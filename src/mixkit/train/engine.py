@@ -10,6 +10,7 @@ an interrupted run to the same final weights as an uninterrupted one.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
@@ -23,8 +24,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from mixkit.base import MixMethod
+from mixkit.data.augment import normalize
+from mixkit.errors import HyperParameterError
+from mixkit.holdout import Holdout, split_holdout
 from mixkit.losses import mixup_binary_cross_entropy, mixup_cross_entropy
-from mixkit.registry import create, method_info
+from mixkit.registry import create, list_methods, method_info
 from mixkit.train import distributed as dist
 from mixkit.train.config import TrainConfig
 from mixkit.train.evaluation import evaluate
@@ -188,10 +193,14 @@ RESUME_FREE = frozenset({"out", "threads", "device", "eval_batch_size", "data_ro
 
 
 def config_differences(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:
-    """Settings (other than :data:`RESUME_FREE`) in which ``saved`` and ``cfg`` differ, as JSON."""
+    """Settings (other than :data:`RESUME_FREE`) in which ``saved`` and ``cfg`` differ, as JSON.
+
+    A setting missing from ``saved`` (written before the setting existed) counts as its default.
+    """
     now = json.loads(json.dumps(cfg.to_dict()))
+    defaults = json.loads(json.dumps(TrainConfig().to_dict()))
     saved = json.loads(json.dumps(saved))
-    return sorted(k for k in now if k not in RESUME_FREE and saved.get(k) != now[k])
+    return sorted(k for k in now if k not in RESUME_FREE and saved.get(k, defaults[k]) != now[k])
 
 
 def _check_resumable(state: dict[str, Any], cfg: TrainConfig) -> None:
@@ -250,7 +259,39 @@ def _should_eval(epoch: int, cfg: TrainConfig) -> bool:
     return epoch % cfg.eval_every == 0 or epoch > cfg.epochs - cfg.median_last
 
 
-def _build_run(cfg: TrainConfig, data: TrainData, model: nn.Module | None, device: torch.device) -> _Run:
+def create_method(cfg: TrainConfig, num_classes: int) -> MixMethod:
+    """The configured method, wrapped in the configured label policy if there is one."""
+    args = dict(cfg.method_args)
+    if "num_classes" in method_info(cfg.method).defaults:
+        args.setdefault("num_classes", num_classes)
+    method = create(cfg.method, **args)
+    if cfg.label_policy is None:
+        return method
+    info = method_info(cfg.label_policy)
+    if info.family != "label":
+        raise HyperParameterError(f"label_policy must be a label policy (family 'label'), got {cfg.label_policy!r} "
+                                  f"(family {info.family!r}); label policies: {', '.join(list_methods(family='label'))}")
+    policy_args = dict(cfg.label_policy_args)
+    if "num_classes" in info.defaults:
+        policy_args.setdefault("num_classes", num_classes)
+    return create(cfg.label_policy, method=method, **policy_args)
+
+
+def _split_holdout(method: MixMethod, data: TrainData, cfg: TrainConfig, device: torch.device) -> TrainData:
+    """Keep ``method.holdout_fraction`` of every class out of training and give it to the method."""
+    if method.holdout_fraction <= 0:
+        return data
+    train_idx, held_idx = split_holdout(data.train_labels, method.holdout_fraction, seed=cfg.subset_seed)
+
+    def prepare(images: Tensor) -> Tensor:
+        x = normalize(images.to(device), data.mean, data.std)
+        return x.contiguous(memory_format=torch.channels_last) if cfg.channels_last and x.ndim == 4 else x
+
+    method.attach_holdout(Holdout(data.train_images[held_idx], data.train_labels[held_idx], prepare))
+    return dataclasses.replace(data, train_images=data.train_images[train_idx], train_labels=data.train_labels[train_idx])
+
+
+def _build_run(cfg: TrainConfig, data: TrainData, method: MixMethod, model: nn.Module | None, device: torch.device) -> _Run:
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     if model is None:
         from mixkit.models import create_model
@@ -260,10 +301,6 @@ def _build_run(cfg: TrainConfig, data: TrainData, model: nn.Module | None, devic
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     model = dist.wrap(model, device)
-    args = dict(cfg.method_args)
-    if "num_classes" in method_info(cfg.method).defaults:
-        args.setdefault("num_classes", data.num_classes)
-    method = create(cfg.method, **args)
     optimizer = build_optimizer(cfg, model)
     steps = len(dist.shard_batches(torch.arange(data.train_labels.shape[0]), cfg.batch_size))
     if steps == 0:
@@ -300,9 +337,12 @@ def train(
         torch.set_num_threads(cfg.threads)
     device = _device(cfg.device)
     data = data or load_train_data(cfg)
+    method = create_method(cfg, data.num_classes)
+    method.set_input_normalization(data.mean, data.std)
+    data = _split_holdout(method, data, cfg, device)
     out = Path(cfg.out)
     main = dist.is_main()
-    run = _build_run(cfg, data, model, device)
+    run = _build_run(cfg, data, method, model, device)
     ckpt = out / CHECKPOINT
     if ckpt.exists() and not resume:
         raise FileExistsError(f"{out} already holds a run: pass resume=True (--resume) to continue it, or choose another out")
@@ -321,6 +361,9 @@ def train(
         t0 = time.perf_counter()
         record = {"epoch": run.epoch + 1, **_train_epoch(run, data, cfg, device, hooks or {})}
         run.epoch += 1
+        adapted = run.method.epoch_end(run.model)
+        if adapted:
+            record["method"] = adapted
         if _should_eval(run.epoch, cfg):
             record["test"] = evaluate(run.model, data, cfg, device)
         run.elapsed += time.perf_counter() - t0

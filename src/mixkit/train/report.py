@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import statistics
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -62,6 +63,7 @@ def write_run_files(run: _Run, data: TrainData, cfg: TrainConfig, device: torch.
         "epochs": run.history,
         "wall_time_s": run.elapsed,
         "train_time_per_epoch_s": sum(epoch_times) / len(epoch_times),
+        "median_epoch_time_s": statistics.median(epoch_times),
         "images_per_s": sum(h["images"] for h in run.history) / sum(epoch_times),
         "train_images": int(data.train_labels.shape[0]),
         "test_images": int(data.test_labels.shape[0]),

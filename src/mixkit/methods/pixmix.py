@@ -1,0 +1,425 @@
+"""PixMix: mixing each image with its augmentations and a structurally complex picture.
+
+Paper and reference code:
+    * Hendrycks, Zou, Mazeika, Tang, Li, Song, Steinhardt, "PixMix: Dreamlike Pictures
+      Comprehensively Improve Safety Measures", CVPR 2022 (github.com/andyzoujm/pixmix:
+      ``cifar.py`` ``pixmix`` and ``augment_input``, ``pixmix_utils.py`` ``get_ab``, ``add``,
+      ``multiply``).
+
+The augmentation operations are :mod:`mixkit.functional.augment_ops` (AugMix's); the default
+mixing pictures are :func:`mixkit.functional.fractals.fractal_images`.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from mixkit import rng
+from mixkit.base import MixMethod
+from mixkit.errors import DTypeError, HyperParameterError, ShapeError
+from mixkit.functional.augment_ops import ALL_OPS, AUGMIX_OPS, apply_ops, sample_ops
+from mixkit.functional.blend import match_format
+from mixkit.functional.fractals import fractal_images
+from mixkit.registry import register
+from mixkit.types import MixTarget, Params
+from mixkit.validation import check_alpha, check_positive_int
+
+__all__ = ["PixMix", "PixMixParams", "additive_mix", "mixing_coefficients", "multiplicative_mix"]
+
+_PAD = 9 / 8  # pictures are fitted to 9/8 of the batch's size, then cropped (Resize(36) + RandomCrop(32))
+_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+_LUMA = (0.299, 0.587, 0.114)
+
+
+# ------------------------------------------------------------------------- the mixings
+def additive_mix(img1: Tensor, img2: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """The reference's ``add``: ``(a (2 img1 - 1) + b (2 img2 - 1) + 1) / 2`` (not clipped),
+    computed as ``a img1 + b img2 + (1 - a - b) / 2``.
+
+    Args:
+        img1, img2: ``(B, C, H, W)`` pixels in [0, 1].
+        a, b: weights broadcastable to the images, e.g. ``(B, 1, 1, 1)``.
+    """
+    return (img1 * a).addcmul_(img2, b).add_((1 - a - b) / 2)
+
+
+def multiplicative_mix(img1: Tensor, img2: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """The reference's ``multiply``: ``(2 img1)^a (2 img2)^b / 2`` with ``2 img2`` clipped below
+    at 1e-37 (``b`` may be negative), not clipped above; computed as
+    ``2^(a + b - 1) img1^a max(img2, 5e-38)^b``.
+
+    Args:
+        img1, img2: ``(B, C, H, W)`` pixels in [0, 1] (float32 or wider: 5e-38 underflows in half).
+        a, b: weight tensors broadcastable to the images (``a > 0``).
+    """
+    return img1.pow(a).mul_(img2.clamp_min(5e-38).pow_(b)).mul_(torch.exp2(a + b - 1))
+
+
+def mixing_coefficients(size: tuple[int, ...], beta: float, *, generator: torch.Generator | None = None) -> Tensor:
+    """The reference's ``get_ab``, drawn for every entry of ``size``.
+
+    With probability 1/2 ``a ~ Beta(beta, 1)`` and ``b ~ Beta(1, beta)`` (a convex-like blend),
+    else ``a = 1 + Beta(1, beta)`` and ``b = -Beta(1, beta)`` (an extrapolation away from the
+    partner), the two Beta(1, beta) draws independent.
+
+    Returns:
+        ``size + (2,)`` float64: ``[..., 0]`` is ``a``, ``[..., 1]`` is ``b``.
+    """
+    first = rng.bernoulli(size, 0.5, generator=generator)
+    d1 = rng.beta(size, beta, 1.0, generator=generator)
+    d2 = rng.beta(size, 1.0, beta, generator=generator)
+    d3 = rng.beta(size, 1.0, beta, generator=generator)
+    return torch.stack([torch.where(first, d1, 1 + d2), torch.where(first, d2, -d3)], dim=-1)
+
+
+# ---------------------------------------------------------------------- the picture set
+@functools.lru_cache(maxsize=2)
+def _fractal_set(n: int, hw: tuple[int, int], channels: int, seed: int) -> Tensor:
+    """``(n, C, H, W)`` uint8 fractals, shared by every PixMix with the same set."""
+    g = torch.Generator().manual_seed(seed)
+    parts = [fractal_images(min(256, n - i), hw, channels=channels, generator=g) for i in range(0, n, 256)]
+    return torch.cat([(p * 255).round_().to(torch.uint8) for p in parts])
+
+
+def _image_paths(folder: Path) -> list[Path]:
+    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in _IMAGE_SUFFIXES and p.is_file())
+    if not paths:
+        raise FileNotFoundError(
+            f"mixing_set: no images ({', '.join(sorted(_IMAGE_SUFFIXES))}) in {str(folder)!r} or its sub-folders"
+        )
+    return paths
+
+
+def _load_images(paths: list[Path]) -> list[Tensor]:
+    """Decode the pictures as ``(3, h, w)`` uint8 RGB tensors (Pillow, imported here)."""
+    try:
+        from PIL import Image
+    except ImportError as err:
+        raise ImportError(
+            "PixMix needs Pillow to read a folder of mixing pictures: pip install mixkit[data] "
+            "(or pip install pillow)"
+        ) from err
+    out = []
+    for path in paths:
+        with Image.open(path) as im:
+            rgb = im.convert("RGB")
+            data = torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8)
+            out.append(data.view(rgb.height, rgb.width, 3).permute(2, 0, 1))
+    return out
+
+
+def _fit(pics: Tensor, hw: tuple[int, int]) -> Tensor:
+    """Resize (aspect kept, antialiased) to cover ``hw``, then centre-crop: uint8 ``(N, C, *hw)``."""
+    h, w = pics.shape[-2:]
+    scale = max(hw[0] / h, hw[1] / w)
+    size = (max(hw[0], math.ceil(h * scale - 1e-6)), max(hw[1], math.ceil(w * scale - 1e-6)))
+    out = pics.float()
+    if size != (h, w):
+        out = F.interpolate(out, size=size, mode="bilinear", align_corners=False, antialias=scale < 1)
+    top, left = (size[0] - hw[0]) // 2, (size[1] - hw[1]) // 2
+    out = out[..., top : top + hw[0], left : left + hw[1]]
+    return out.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def _match_channels(pics: Tensor, channels: int) -> Tensor:
+    """uint8 pictures with ``channels`` channels (RGB to luma for grey-scale data)."""
+    c = pics.shape[1]
+    if c == channels:
+        return pics
+    if c == 3 and channels == 1:
+        luma = torch.tensor(_LUMA).view(1, 3, 1, 1)
+        return (pics.float() * luma).sum(1, keepdim=True).round_().to(torch.uint8)
+    if c == 1:
+        return pics.expand(-1, channels, -1, -1).contiguous()
+    raise ShapeError(f"mixing_set pictures have {c} channels but the batch has {channels}")
+
+
+def _crop(pics: Tensor, offsets: Tensor, hw: tuple[int, int]) -> Tensor:
+    """Crop ``(B, C, Hp, Wp)`` to ``(B, C, *hw)`` at per-sample offsets in [0, 1) of the slack."""
+    (b, c, hp, wp), (h, w) = pics.shape, hw
+    slack = torch.tensor([hp - h + 1, wp - w + 1], dtype=torch.float64)
+    start = (offsets * slack).long().to(pics.device)
+    rows = start[:, :1] + torch.arange(h, device=pics.device)  # (B, H)
+    cols = start[:, 1:] + torch.arange(w, device=pics.device)  # (B, W)
+    flat = (rows.unsqueeze(2) * wp + cols.unsqueeze(1)).view(b, 1, h * w).expand(b, c, h * w)
+    return pics.reshape(b, c, hp * wp).gather(2, flat).view(b, c, h, w)
+
+
+# ----------------------------------------------------------------------------- method
+@dataclass(frozen=True, eq=False, kw_only=True)
+class PixMixParams(Params):
+    """Params of PixMix (``index`` is the identity, ``lam`` all ones: the label is kept).
+
+    Attributes:
+        rounds: ``(B,)`` int64 number of mixing rounds in [0, k] (0 for samples left alone).
+        use_picture: ``(B, k)`` bool, round ``i`` mixes in the picture (else an augmented copy).
+        multiply: ``(B, k)`` bool, round ``i`` mixes multiplicatively (else additively).
+        coef: ``(B, k, 2)`` float64 weights ``(a, b)`` of each round.
+        picture: ``(B,)`` int64 index of each sample's picture in the mixing set.
+        crop: ``(B, 2)`` float64 crop position of the picture, a share of the slack per side.
+        ops: ``(B, k + 1)`` int64 augmentation ops (``augment_ops`` indices; -1: none). Column 0
+            augments the starting image, column ``i + 1`` the copy mixed in round ``i``.
+        magnitude: ``(B, k + 1)`` float64 magnitudes of those ops.
+    """
+
+    rounds: Tensor
+    use_picture: Tensor
+    multiply: Tensor
+    coef: Tensor
+    picture: Tensor
+    crop: Tensor
+    ops: Tensor
+    magnitude: Tensor
+
+
+def _column(v: Tensor, like: Tensor) -> Tensor:
+    return v.to(device=like.device, dtype=like.dtype).view(-1, 1, 1, 1)
+
+
+def _round(mixed: Tensor, partner: Tensor, rows: Tensor, multiply: Tensor, coef: Tensor) -> None:
+    """One mixing round, in place on ``mixed``'s ``rows`` (CPU int64) with their ``partner``
+    images, each row's mixing and ``(a, b)``; clipped to [0, 1]."""
+    for flag, mix in ((True, multiplicative_mix), (False, additive_mix)):
+        sel = (multiply[rows] == flag).nonzero().squeeze(1)
+        if sel.numel():
+            idx = rows[sel].to(mixed.device)
+            a, b = (_column(coef[rows[sel], j], mixed) for j in (0, 1))
+            mixed[idx] = mix(mixed[idx], partner[sel.to(mixed.device)], a, b).clamp_(0, 1)
+
+
+@register(
+    "pixmix",
+    family="linear",
+    paper="PixMix: Dreamlike Pictures Comprehensively Improve Safety Measures",
+    authors="Hendrycks et al.",
+    venue="CVPR 2022",
+    year=2022,
+    code="https://github.com/andyzoujm/pixmix",
+    sources=1,
+    summary="0-k rounds of additive or multiplicative mixing with augmented copies and a fractal picture; label kept.",
+)
+class PixMix(MixMethod):
+    """PixMix: mix each image, in pixel space, with augmented copies of itself and a picture.
+
+    As the reference ``pixmix``, per sample: start from the image, augmented (one random AugMix
+    op at ``severity``) with probability 1/2; run ``r ~ U{0, ..., k}`` rounds (the code's
+    ``np.random.randint(k + 1)``: 0 rounds happen), each mixing in, with probability 1/2, a
+    fresh augmented copy of the original, else the sample's picture (one per sample, uniform
+    over the set), additively or multiplicatively (1/2 each) with weights from
+    :func:`mixing_coefficients`, clipped to [0, 1] after each round. The label is kept: ``lam``
+    is all ones, ``index`` the identity, the target has one source.
+
+    Mixing set: by default ``num_pictures`` procedural fractals
+    (:func:`mixkit.functional.fractals.fractal_images` from ``seed``, at the batch's channel
+    count), standing in for the paper's downloaded fractals and feature visualisations; or a
+    folder of images (ImageFolder-style or flat, read with Pillow); or a ``(N, C, H, W)`` tensor
+    (uint8, or float in [0, 1]). As the CIFAR code's ``Resize(36) + RandomCrop(32)``, pictures
+    are fitted (aspect kept, centred; bilinear, antialiased when shrinking) to 9/8 of the
+    batch's size and each sample takes a random crop. The fitted set is kept as 8-bit levels
+    per size, channel count and device (1,000 fractals take about 1 s to make at 32 x 32, 6 s
+    at 224 x 224, on one core), never pickled: PixMix pickles by its constructor arguments.
+    Grey batches get RGB pictures' luma.
+
+    Deviations from the reference (PIL images one at a time): augmented copies stay float, not
+    rounded to uint8; normalised inputs (:meth:`set_input_normalization`) are mapped to pixels,
+    mixed and normalised again. Defaults are the CIFAR code's; its ImageNet script uses
+    ``beta=4, severity=1``.
+
+    Args:
+        mixing_set: ``None`` (procedural fractals), a folder path, or a picture tensor.
+        num_pictures: number of fractals when ``mixing_set`` is ``None``.
+        seed: seed of the fractal set (the set is fixed, like a dataset, whatever the call's generator).
+        k: maximum number of mixing rounds.
+        beta: mixing severity (the Beta parameter of :func:`mixing_coefficients`).
+        severity: severity of the augmentation operations, in [1, 10].
+        all_ops: also use the colour, contrast, brightness and sharpness ops (the reference's ``--all-ops``).
+        p: probability of PixMix for the batch (``mode="batch"``) or each sample (``"elem"``).
+        mode: ``"batch"`` or ``"elem"``.
+        num_classes: number of classes, if known.
+
+    Example:
+        >>> import torch, mixkit
+        >>> m = mixkit.create("pixmix", num_pictures=8)
+        >>> out = m(torch.rand(4, 3, 16, 16), torch.tensor([0, 1, 2, 3]), generator=torch.Generator().manual_seed(0))
+        >>> out.x.shape, out.target.k, bool((out.params.lam == 1).all())
+        (torch.Size([4, 3, 16, 16]), 1, True)
+    """
+
+    spatial_dims = (2,)
+    identity_at_full_lambda = False
+
+    def __init__(
+        self,
+        *,
+        mixing_set: str | os.PathLike[str] | Tensor | None = None,
+        num_pictures: int = 1000,
+        seed: int = 0,
+        k: int = 4,
+        beta: float = 3.0,
+        severity: int = 3,
+        all_ops: bool = False,
+        p: float = 1.0,
+        mode: str = "batch",
+        num_classes: int | None = None,
+    ) -> None:
+        super().__init__(p=p, mode=mode, num_classes=num_classes)
+        self.mixing_set = _check_mixing_set(mixing_set)
+        self.num_pictures = check_positive_int(num_pictures, "num_pictures", allow_none=False)
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise HyperParameterError(f"seed must be an int >= 0, got {seed!r}")
+        self.seed = seed
+        self.k = check_positive_int(k, "k", allow_none=False)
+        self.beta = check_alpha(beta, "beta")
+        if isinstance(severity, bool) or not isinstance(severity, int) or not 1 <= severity <= 10:
+            raise HyperParameterError(f"severity must be an integer in [1, 10], got {severity!r}")
+        self.severity = severity
+        self.all_ops = bool(all_ops)
+        self._paths: list[Path] | None = None
+        self._images: list[Tensor] | None = None
+        self._cache: dict[tuple[int, int, int, str], Tensor] = {}
+
+    @property
+    def _ops(self) -> tuple[str, ...]:
+        return ALL_OPS if self.all_ops else AUGMIX_OPS
+
+    def target(self, y: Tensor, params: Params) -> MixTarget:
+        """The labels, unmixed (one source of weight 1)."""
+        return MixTarget.unmixed(y, self.num_classes)
+
+    def sample(self, x: Tensor, y: Tensor | None = None, *, generator: torch.Generator | None = None) -> PixMixParams:
+        b, k = x.shape[0], self.k
+        active = self._active(b, generator)
+        first = rng.bernoulli((b,), 0.5, generator=generator) & active
+        rounds = rng.randint(0, k + 1, (b,), generator=generator) * active
+        use_picture = rng.bernoulli((b, k), 0.5, generator=generator)
+        multiply = rng.bernoulli((b, k), 0.5, generator=generator)
+        coef = mixing_coefficients((b, k), self.beta, generator=generator)
+        picture = rng.randint(0, self._count(), (b,), generator=generator)
+        crop = rng.uniform((b, 2), generator=generator)
+        ops, magnitude = sample_ops(
+            (b, k + 1), (x.shape[2], x.shape[3]), severity=self.severity, ops=self._ops, generator=generator
+        )
+        used = torch.cat([first.unsqueeze(1), (torch.arange(k) < rounds.unsqueeze(1)) & ~use_picture], dim=1)
+        return PixMixParams(
+            index=torch.arange(b), lam=torch.ones(b, dtype=torch.float64), rounds=rounds, use_picture=use_picture,
+            multiply=multiply, coef=coef, picture=picture, crop=crop,
+            ops=ops.masked_fill(~used, -1), magnitude=magnitude.masked_fill(~used, 0.0),
+        )
+
+    def _mix(self, x: Tensor, params: PixMixParams) -> Tensor:
+        _check_pixmix_params(x, params)
+        changed = (params.ops[:, 0] >= 0) | (params.rounds > 0)
+        if not bool(changed.any()):
+            return x.clone()
+        work = x.to(torch.promote_types(x.dtype, torch.float32))
+        px = self._to_pixels(work).clamp(0, 1)
+        mixed = px.clone()
+        self._augment_into(mixed, px, params, 0, (params.ops[:, 0] >= 0).nonzero().squeeze(1))
+        live = torch.arange(params.use_picture.shape[1]) < params.rounds.unsqueeze(1)  # (B, k)
+        picture_rows, pictures = self._pictures(x, params, (live & params.use_picture).any(1))
+        for i in range(live.shape[1]):
+            rows = live[:, i].nonzero().squeeze(1)
+            if not rows.numel():
+                break
+            use = params.use_picture[rows, i]
+            partner = torch.empty((rows.numel(),) + px.shape[1:], dtype=px.dtype, device=px.device)
+            self._augment_into(partner, px, params, i + 1, rows[~use], at=(~use).nonzero().squeeze(1))
+            if bool(use.any()):
+                partner[use.to(px.device)] = pictures[picture_rows[rows[use]].to(px.device)]
+            _round(mixed, partner, rows, params.multiply[:, i], params.coef[:, i])
+        out = self._from_pixels(mixed)
+        kept = (~changed).nonzero().squeeze(1).to(x.device)
+        out[kept] = work[kept]  # exact copies of the samples left alone
+        return match_format(out.to(x.dtype), x)
+
+    def _augment_into(self, out: Tensor, px: Tensor, params: PixMixParams, col: int, rows: Tensor,
+                      at: Tensor | None = None) -> None:
+        """``out[at] = op(px[rows])`` with the ops of column ``col`` (``at`` defaults to ``rows``)."""
+        if rows.numel():
+            ops, magnitude = params.ops[rows, col], params.magnitude[rows, col]
+            at = rows if at is None else at
+            # clamped: warps may leave -1e-10s, which the multiplicative mixing's powers turn to NaN
+            out[at.to(px.device)] = apply_ops(px[rows.to(px.device)], ops, magnitude, self._ops).clamp_(0, 1)
+
+    # ------------------------------------------------------------------- the picture set
+    def _count(self) -> int:
+        if self.mixing_set is None:
+            return self.num_pictures  # type: ignore[return-value]
+        if isinstance(self.mixing_set, Tensor):
+            return self.mixing_set.shape[0]
+        if self._paths is None:
+            self._paths = _image_paths(Path(self.mixing_set))
+        return len(self._paths)
+
+    def _pictures(self, x: Tensor, params: PixMixParams, needed: Tensor) -> tuple[Tensor, Tensor]:
+        """The cropped pictures ``(N, C, H, W)`` of the ``needed`` rows (``(B,)`` bool), in the
+        working dtype, and ``(B,)`` the position of each row's picture among them."""
+        position = torch.cumsum(needed.long(), 0) - 1
+        rows = needed.nonzero().squeeze(1)
+        if not rows.numel():
+            return position, x.new_empty(0)
+        c, hw = x.shape[1], (x.shape[2], x.shape[3])
+        fit = (math.ceil(hw[0] * _PAD), math.ceil(hw[1] * _PAD))
+        key = (c, *fit, str(x.device))
+        if key not in self._cache:
+            self._cache[key] = self._build(c, fit).to(x.device)
+        pics = self._cache[key]
+        index = params.picture[rows]
+        if int(index.max()) >= pics.shape[0] or int(index.min()) < 0:
+            raise ShapeError(f"params.picture indexes a mixing set of {pics.shape[0]} pictures, got {index.tolist()}")
+        chosen = _crop(pics.index_select(0, index.to(x.device)), params.crop[rows], hw)
+        return position, chosen.to(torch.promote_types(x.dtype, torch.float32)).mul_(1 / 255)
+
+    def _build(self, channels: int, fit: tuple[int, int]) -> Tensor:
+        """The whole set at size ``fit`` with ``channels`` channels, uint8 on the CPU."""
+        if self.mixing_set is None:
+            return _fractal_set(self.num_pictures, fit, channels, self.seed)
+        if isinstance(self.mixing_set, Tensor):
+            pics = self.mixing_set.detach().cpu()
+            if pics.is_floating_point():
+                pics = (pics.clamp(0, 1) * 255).round().to(torch.uint8)
+            return _match_channels(_fit(pics, fit), channels)
+        if self._images is None:
+            self._count()
+            self._images = _load_images(self._paths)  # type: ignore[arg-type]
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, im in enumerate(self._images):
+            groups.setdefault(tuple(im.shape[1:]), []).append(i)  # one interpolate per native size
+        out = torch.empty(len(self._images), channels, *fit, dtype=torch.uint8)
+        for rows in groups.values():
+            batch = torch.stack([self._images[i] for i in rows])
+            out[torch.tensor(rows)] = _match_channels(_fit(batch, fit), channels)
+        return out
+
+
+def _check_mixing_set(mixing_set: object) -> str | os.PathLike[str] | Tensor | None:
+    if mixing_set is None:
+        return None
+    if isinstance(mixing_set, Tensor):
+        if mixing_set.ndim != 4 or 0 in mixing_set.shape:
+            raise ShapeError(f"mixing_set must be a (N, C, H, W) tensor of pictures, got shape {tuple(mixing_set.shape)}")
+        if not (mixing_set.is_floating_point() or mixing_set.dtype == torch.uint8):
+            raise DTypeError(f"mixing_set must be uint8 or float pixels in [0, 1], got {mixing_set.dtype}")
+        return mixing_set
+    if isinstance(mixing_set, (str, os.PathLike)):
+        if not Path(mixing_set).is_dir():
+            raise FileNotFoundError(f"mixing_set: no folder at {os.fspath(mixing_set)!r} (give a folder of images)")
+        return mixing_set
+    raise TypeError(f"mixing_set must be None, a folder path or a (N, C, H, W) tensor, got {type(mixing_set).__name__}")
+
+
+def _check_pixmix_params(x: Tensor, params: PixMixParams) -> None:
+    b, k = params.use_picture.shape
+    shapes = {"rounds": (b,), "multiply": (b, k), "coef": (b, k, 2), "picture": (b,), "crop": (b, 2),
+              "ops": (b, k + 1), "magnitude": (b, k + 1)}
+    bad = {n: tuple(getattr(params, n).shape) for n, shape in shapes.items() if getattr(params, n).shape != shape}
+    if bad or b != x.shape[0] or x.ndim != 4:
+        raise ShapeError(f"PixMix params for k={k} do not fit x of shape {tuple(x.shape)}: shapes {bad or shapes}")
