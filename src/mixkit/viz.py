@@ -67,7 +67,8 @@ def method_gallery(
         images: ``(N, C, H, W)`` float images in [0, 1] (N columns).
         labels: ``(N,)`` integer labels.
         path: the image file to write (PNG, PDF, SVG...).
-        methods: registry names (default: every registered method except the baseline).
+        methods: registry names (default: every sample policy; the baseline and the label
+            policies, which mix as the method they wrap, are left out).
         class_names: names for the captions (default: class numbers).
         seed: seed of the draws.
 
@@ -76,7 +77,7 @@ def method_gallery(
     """
     plt = _pyplot()
     if methods is None:
-        methods = [n for n in list_methods() if method_info(n).family != "baseline"]
+        methods = [n for n in list_methods() if method_info(n).family not in ("baseline", "label")]
     methods = list(methods)
     num_classes = int(labels.max()) + 1
     names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]

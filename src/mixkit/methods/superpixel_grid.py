@@ -82,13 +82,13 @@ class _SuperpixelGrid(MixMethod):
     def __init__(
         self,
         *,
-        n_segments: int,
-        ratio: float,
-        compactness: float,
-        iterations: int,
-        p: float,
-        mode: str,
-        num_classes: int | None,
+        n_segments: int = 100,
+        ratio: float = 0.2,
+        compactness: float = 10.0,
+        iterations: int = 10,
+        p: float = 1.0,
+        mode: str = "batch",
+        num_classes: int | None = None,
     ) -> None:
         super().__init__(p=p, mode=mode, num_classes=num_classes)
         slic_grid(n_segments, 1, 1)  # validates n_segments
@@ -194,22 +194,6 @@ class SuperpixelGridCut(_LabelPreserving):
 
     needs_float = False
 
-    def __init__(
-        self,
-        *,
-        n_segments: int = 100,
-        ratio: float = 0.2,
-        compactness: float = 10.0,
-        iterations: int = 10,
-        p: float = 1.0,
-        mode: str = "batch",
-        num_classes: int | None = None,
-    ) -> None:
-        super().__init__(
-            n_segments=n_segments, ratio=ratio, compactness=compactness, iterations=iterations,
-            p=p, mode=mode, num_classes=num_classes,
-        )
-
     def _mix(self, x: Tensor, params: MaskParams) -> Tensor:
         mask = params.mask.to(x.device)
         if bool(mask.all()):
@@ -261,22 +245,6 @@ class SuperpixelGridMean(_LabelPreserving):
         >>> bool(torch.allclose(out.x[0][:, inside], x[0][:, inside].mean(1, keepdim=True)))
         True
     """
-
-    def __init__(
-        self,
-        *,
-        n_segments: int = 100,
-        ratio: float = 0.2,
-        compactness: float = 10.0,
-        iterations: int = 10,
-        p: float = 1.0,
-        mode: str = "batch",
-        num_classes: int | None = None,
-    ) -> None:
-        super().__init__(
-            n_segments=n_segments, ratio=ratio, compactness=compactness, iterations=iterations,
-            p=p, mode=mode, num_classes=num_classes,
-        )
 
     def _mix(self, x: Tensor, params: SuperpixelParams) -> Tensor:
         mask = params.mask.to(x.device)
