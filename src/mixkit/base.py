@@ -156,6 +156,13 @@ class MixMethod:
         :mod:`mixkit.holdout`); methods that ask for one override this."""
         raise TypeError(f"{type(self).__name__} does not use held-out data (holdout_fraction is 0)")
 
+    def set_training_length(self, total_steps: int) -> None:
+        """Called by the engine before training with the run's number of optimiser steps.
+
+        Methods with schedules over training (a learnable Mixer's momentum and learning rate,
+        decaying loss weights) override this; the rest ignore it.
+        """
+
     def epoch_end(self, model: nn.Module) -> dict[str, float]:
         """Called by the engine after every training epoch, before the checkpoint is written.
 

@@ -152,5 +152,8 @@ class LabelPolicy(MixMethod):
         else:
             super().attach_holdout(holdout)
 
+    def set_training_length(self, total_steps: int) -> None:
+        self.inner.set_training_length(total_steps)
+
     def epoch_end(self, model: nn.Module) -> dict[str, float]:
         return self.inner.epoch_end(model)

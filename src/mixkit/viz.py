@@ -67,8 +67,9 @@ def method_gallery(
         images: ``(N, C, H, W)`` float images in [0, 1] (N columns).
         labels: ``(N,)`` integer labels.
         path: the image file to write (PNG, PDF, SVG...).
-        methods: registry names (default: every sample policy; the baseline and the label
-            policies, which mix as the method they wrap, are left out).
+        methods: registry names (default: every sample policy that mixes without a model; the
+            baseline, the label policies (they mix as the method they wrap) and the learnable
+            methods (their masks need a trained Mixer) are left out).
         class_names: names for the captions (default: class numbers).
         seed: seed of the draws.
 
@@ -77,7 +78,8 @@ def method_gallery(
     """
     plt = _pyplot()
     if methods is None:
-        methods = [n for n in list_methods() if method_info(n).family not in ("baseline", "label")]
+        methods = [n for n in list_methods()
+                   if method_info(n).family not in ("baseline", "label") and "mixer" not in method_info(n).needs]
     methods = list(methods)
     num_classes = int(labels.max()) + 1
     names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
@@ -129,6 +131,9 @@ def pair_grid(
         class_names: names for the captions.
         seed: seed of the draws.
     """
+    if "mixer" in method_info(method).needs:
+        raise ValueError(f"{method} draws its masks with a Mixer trained alongside a model: there is nothing to "
+                         "show without a trained Mixer (pictures from a checkpoint are not built yet)")
     plt = _pyplot()
     m = create(method, **(hparams or {}))
     names = list(class_names) if class_names is not None else [str(i) for i in range(int(labels.max()) + 1)]

@@ -306,6 +306,7 @@ def _build_run(cfg: TrainConfig, data: TrainData, method: MixMethod, model: nn.M
     if steps == 0:
         raise ValueError(f"no training batch: {data.train_labels.shape[0]} training images for {dist.world()} processes")
     scheduler = build_scheduler(cfg, optimizer, steps)
+    method.set_training_length(steps * cfg.epochs)
     torch.manual_seed(cfg.seed + 1000 * dist.rank())  # dropout and other global draws differ per rank
     return _Run(model, method, optimizer, scheduler, _seed_generators(cfg.seed, dist.rank(), cfg.pair_across_ranks), history=[])
 

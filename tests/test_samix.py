@@ -1,0 +1,225 @@
+"""SAMix and SAMix^P: the Mixer, its losses, the saved-Mixer round trip and the frozen reuse."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call
+
+import mixkit
+from conftest import TinyNet, gen
+from mixkit.errors import HyperParameterError
+from mixkit.methods.samix import SAMix, SAMixMixer, SAMixP, eta_balanced_loss, lam_rescale, mask_prior_loss
+
+
+def ce(logits, target):
+    return mixkit.mixup_cross_entropy(logits, target)
+
+
+def mixer64(c=4, seed=0, **kw):
+    torch.manual_seed(seed)
+    mx = SAMixMixer(c, **kw).double()
+    with torch.no_grad():  # larger weights than the 0.01 init, so every path matters
+        for q in mx.parameters():
+            q.copy_(torch.randn(q.shape, dtype=torch.float64, generator=gen(seed + q.numel())) * 0.5)
+    return mx
+
+
+def test_lam_rescale_fixed_points_and_bend():
+    lam = torch.tensor([0.0, 0.5, 1.0, 0.2], dtype=torch.float64)
+    out = lam_rescale(lam, 0.25)
+    torch.testing.assert_close(out[:3], lam[:3])
+    assert out[3] == pytest.approx(0.31, abs=0.01)  # bent towards 1/2
+    assert torch.equal(lam_rescale(lam, -1), lam)
+
+
+def reference_mixer(mx, z, index, lam, size):
+    """An independent einsum re-implementation of algorithms.md 1.4 with the module's weights."""
+    sd = {k: v for k, v in mx.state_dict().items()}
+    b, c, h, w = z.shape
+    k = mx.lam_mul_k
+    rl = ((4 / 3) * lam**3 - 2 * lam**2 + (k + 1) * lam) / ((k + 1) - 2 / 3)
+    zi, zj = z * (1 + rl).view(-1, 1, 1, 1), z[index] * (2 - rl).view(-1, 1, 1, 1)
+    u = torch.cat([zi, zj], 1).flatten(2)  # (b, 2c, n)
+    q = torch.einsum("oc,bcn->bon", sd["query.weight"][:, :, 0, 0], u) + sd["query.bias"].view(1, -1, 1)
+    kk = torch.einsum("oc,bcn->bon", sd["key.weight"][:, :, 0, 0], u) + sd["key.bias"].view(1, -1, 1)
+    att = torch.softmax(torch.einsum("bon,bom->bnm", q, kk) / math.sqrt(q.shape[1]), dim=-1)
+    hid = torch.einsum("oc,bcn->bon", sd["value.0.weight"][:, :, 0, 0], zj.flatten(2))
+    mu, var = hid.mean(dim=(0, 2), keepdim=True), hid.var(dim=(0, 2), unbiased=False, keepdim=True)
+    hid = (hid - mu) / torch.sqrt(var + 1e-5) * sd["value.1.weight"].view(1, -1, 1) + sd["value.1.bias"].view(1, -1, 1)
+    v = torch.einsum("oc,bcn->bon", sd["value.3.weight"][:, :, 0, 0], F.elu(hid))[:, 0]  # (b, n)
+    m = torch.einsum("bnm,bm->bn", att, v).view(b, 1, h, w)
+    up = F.interpolate(m, size=size, mode="bilinear", align_corners=False)
+    return 1 - torch.sigmoid(up)
+
+
+def test_mixer_matches_formula_and_shapes():
+    mx = mixer64(c=4)
+    z = torch.randn(3, 4, 2, 3, dtype=torch.float64, generator=gen(1))
+    index, lam = torch.tensor([2, 0, 1]), torch.tensor([0.3, 0.6, 0.9], dtype=torch.float64)
+    out = mx(z, index, lam, (8, 12))
+    assert out.shape == (3, 1, 8, 12) and ((out > 0) & (out < 1)).all()
+    torch.testing.assert_close(out, reference_mixer(mx, z, index, lam, (8, 12)))
+
+
+def test_mixer_gradcheck():
+    mx = mixer64(c=2, seed=3)
+    z = torch.randn(2, 2, 2, 2, dtype=torch.float64, generator=gen(2), requires_grad=True)
+    index, lam = torch.tensor([1, 0]), torch.tensor([0.3, 0.8], dtype=torch.float64)
+    names = ["query.weight", "value.0.weight", "value.3.weight", "key.bias"]
+    params = tuple(dict(mx.named_parameters())[n].detach().clone().requires_grad_(True) for n in names)
+
+    def f(z, *ps):
+        return functional_call(mx, dict(zip(names, ps)), (z, index, lam, (4, 4)))
+
+    assert torch.autograd.gradcheck(f, (z, *params))
+
+
+def test_eta_loss_reference_and_identity():
+    g = gen(4)
+    s = torch.randn(5, 6, dtype=torch.float64, generator=g, requires_grad=True)
+    y, index = torch.tensor([0, 1, 2, 3, 1]), torch.tensor([1, 2, 0, 4, 1])
+    lam = torch.rand(5, dtype=torch.float64, generator=g)
+    si, sj = s[torch.arange(5), y], s[torch.arange(5), y[index]]
+    pbce = -(lam * (si - torch.logaddexp(si, sj)) + (1 - lam) * (sj - torch.logaddexp(si, sj)))
+    pbce[4] = math.log(2)  # same class on both sides: the two-way softmax is 1/2
+    mce = -(lam * s.log_softmax(1)[torch.arange(5), y] + (1 - lam) * s.log_softmax(1)[torch.arange(5), y[index]])
+    torch.testing.assert_close(eta_balanced_loss(s, y, index, lam, eta=0.5), (pbce + 0.5 * mce).mean())
+    torch.testing.assert_close(eta_balanced_loss(s, y, index, lam, eta=0.0), pbce.mean())
+    soft = F.one_hot(y, 6).double()
+    torch.testing.assert_close(eta_balanced_loss(s, soft, index, lam, eta=1.0), eta_balanced_loss(s, y, index, lam, eta=1.0))
+    # derived identity (rows with two distinct classes): MCE = pBCE + log(Z / (e^si + e^sj))
+    ratio = torch.logsumexp(s, 1) - torch.logaddexp(si, sj)
+    torch.testing.assert_close(mce[:4], (pbce + ratio)[:4])
+    assert torch.autograd.gradcheck(lambda t: eta_balanced_loss(t, y, index, lam, eta=0.5), (s,))
+
+
+def test_mask_prior_matches_code_and_gradcheck():
+    m = torch.rand(3, 1, 4, 4, dtype=torch.float64, generator=gen(5), requires_grad=True)
+    lam = torch.full((3,), 0.8, dtype=torch.float64)
+    mj = 1 - m
+    mean_j = mj.sum() / (3 * 16)
+    code = torch.clamp(torch.abs(1 - mean_j - 0.8) - 0.1, min=0) - 2 * torch.clamp(((mj - mean_j) ** 2).sum() / 48, min=0)
+    torch.testing.assert_close(mask_prior_loss(m, lam, margin=0.1), code)
+    assert mask_prior_loss(torch.full((2, 1, 2, 2), 0.75), torch.full((2,), 0.7)) == 0  # inside the margin, no variance
+    assert torch.autograd.gradcheck(lambda t: mask_prior_loss(t, lam, margin=0.1), (m,))
+
+
+def test_mask_weight_schedule_and_hparams():
+    m = SAMix(mask_loss_schedule="cosine", total_steps=10)
+    assert m.mask_weight == pytest.approx(0.1)
+    m.step = 5
+    assert m.mask_weight == pytest.approx(0.05)
+    m.step = 10
+    assert m.mask_weight == pytest.approx(0.0)
+    assert SAMix().mask_weight == 0.1
+    with pytest.raises(HyperParameterError):
+        SAMix(upsampling="cubic")
+
+
+def trained_samix(steps=2):
+    torch.manual_seed(0)
+    net, m = TinyNet(), SAMix(num_classes=5)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    for s in range(steps):
+        x, y = torch.rand(6, 3, 8, 8, generator=gen(s)), torch.randint(0, 5, (6,), generator=gen(s))
+        out = m.train_step(net, x, y, criterion=ce, generator=gen(50 + s))
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+    return m, net
+
+
+def test_saved_mixer_reloads_bit_identical(tmp_path):
+    m, _ = trained_samix()
+    path = tmp_path / "mixer.pt"
+    m.save_mixer(path)
+    torch.manual_seed(1)
+    new = TinyNet()
+    mp = mixkit.create("samix_p", mixer=str(path), num_classes=5)
+    x, y = torch.rand(6, 3, 8, 8, generator=gen(9)), torch.randint(0, 5, (6,), generator=gen(9))
+    out = mp(x, y, model=new, generator=gen(3))
+    for k, v in m.mixer.state_dict().items():
+        assert torch.equal(v, mp.mixer.state_dict()[k])
+    for k, v in m.encoder.state_dict().items():
+        assert torch.equal(v, mp.encoder.state_dict()[k])
+    m.mixer.eval()
+    m.encoder.eval()
+    lam = out.params.lam
+    ref = m.mixer(m.encoder.features(x), out.params.index, lam, (8, 8))
+    linear = ((lam <= 0.08) | (lam >= 0.92)).view(-1, 1, 1, 1)
+    assert torch.equal(torch.where(linear, lam.float().view(-1, 1, 1, 1).expand_as(ref), ref), out.params.mask)
+
+
+def test_samix_p_trains_only_the_classifier(tmp_path):
+    m, _ = trained_samix()
+    m.save_mixer(tmp_path / "m.pt")
+    mp = SAMixP(mixer=str(tmp_path / "m.pt"))
+    net = TinyNet()
+    x, y = torch.rand(6, 3, 8, 8, generator=gen(9)), torch.randint(0, 5, (6,), generator=gen(9))
+    out = mp.train_step(net, x, y, criterion=ce, generator=gen(1))
+    before = {k: v.clone() for k, v in mp.state_dict()["encoder"].items()}
+    out.loss.backward()
+    assert all(q.grad is not None for q in net.parameters())
+    assert all(q.grad is None and not q.requires_grad for q in mp.mixer.parameters())
+    assert mp.optimizer is None and mp.encoder.training is False
+    mp.train_step(net, x, y, criterion=ce, generator=gen(2))
+    assert all(torch.equal(v, mp.state_dict()["encoder"][k]) for k, v in before.items())  # frozen, no EMA
+    with pytest.raises(HyperParameterError, match="does not fit"):
+        SAMixP(mixer=str(tmp_path / "m.pt"))(x, y, model=TinyNet(num_classes=7))
+    with pytest.raises(HyperParameterError, match="path"):
+        SAMixP(mixer=str(tmp_path / "missing.pt"))
+
+
+def test_samix_state_round_trip():
+    m, net = trained_samix(steps=2)
+    m2 = SAMix(num_classes=5)
+    m2.load_state_dict(m.state_dict())
+    x, y = torch.rand(6, 3, 8, 8, generator=gen(7)), torch.randint(0, 5, (6,), generator=gen(7))
+    net2 = TinyNet()
+    net2.load_state_dict(net.state_dict())
+    a = m.train_step(net, x, y, criterion=ce, generator=gen(8))
+    b = m2.train_step(net2, x, y, criterion=ce, generator=gen(8))
+    assert torch.equal(a.loss, b.loss) and a.logs == b.logs
+    for k, v in m.state_dict()["mixer"].items():
+        assert torch.equal(v, m2.state_dict()["mixer"][k])
+
+
+def test_engine_kill_and_resume_is_exact(tmp_path):
+    import dataclasses
+    from pathlib import Path
+
+    from mixkit.train import train
+    from test_train import _strip_times, tiny_config, tiny_data, tiny_model
+
+    data = tiny_data()
+    a = tiny_config(tmp_path / "a", method="samix", epochs=2, method_args={"total_steps": 6})
+    full = train(a, data=data, model=tiny_model())
+    b = dataclasses.replace(a, out=str(tmp_path / "b"))
+
+    def kill(epoch, step):
+        if epoch == 1 and step == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(b, data=data, model=tiny_model(), hooks={"batch_end": kill})
+    resumed = train(b, resume=True, data=data, model=tiny_model())
+    ca = torch.load(Path(a.out) / "checkpoint.pt", weights_only=False)
+    cb = torch.load(Path(b.out) / "checkpoint.pt", weights_only=False)
+    assert all(torch.equal(ca["model"][k], cb["model"][k]) for k in ca["model"])
+    for part in ("mixer", "encoder"):
+        assert all(torch.equal(v, cb["method"][part][k]) for k, v in ca["method"][part].items())
+    assert ca["method"]["step"] == cb["method"]["step"] == 6
+    assert _strip_times(full["epochs"]) == _strip_times(resumed["epochs"])
+
+
+@pytest.mark.parametrize("name", ["samix", "samix_p"])
+def test_integer_input_refused(name):
+    x, y = (torch.rand(4, 3, 8, 8) * 255).to(torch.uint8), torch.tensor([0, 1, 2, 3])
+    with pytest.raises(mixkit.DTypeError, match="floating point"):
+        mixkit.create(name)(x, y, model=TinyNet())
+    with pytest.raises(mixkit.DTypeError, match="floating point"):
+        mixkit.create(name).train_step(TinyNet(), x, y, criterion=ce)
