@@ -29,6 +29,8 @@ test: $(STAMP)
 
 bench-times: $(STAMP)
 	$(BIN)/python bench/method_times.py --out bench/results/method_times.json
+	$(BIN)/python bench/method_times.py --size 32 --out bench/results/method_times_32.json
+	$(BIN)/python bench/method_times_md.py
 
 docs: $(STAMP)
 	$(BIN)/mixkit list --markdown > docs/methods.md
