@@ -7,12 +7,20 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import TinyNet, gen
 from torch.func import functional_call
 
 import mixkit
-from conftest import TinyNet, gen
 from mixkit.errors import HyperParameterError
-from mixkit.methods.samix import SAMix, SAMixMixer, SAMixP, eta_balanced_loss, lam_rescale, mask_prior_loss
+from mixkit.learnable import load_mixer
+from mixkit.methods.samix import (
+    SAMix,
+    SAMixMixer,
+    SAMixP,
+    eta_balanced_loss,
+    lam_rescale,
+    mask_prior_loss,
+)
 
 
 def ce(logits, target):
@@ -192,8 +200,9 @@ def test_engine_kill_and_resume_is_exact(tmp_path):
     import dataclasses
     from pathlib import Path
 
-    from mixkit.train import train
     from test_train import _strip_times, tiny_config, tiny_data, tiny_model
+
+    from mixkit.train import train
 
     data = tiny_data()
     a = tiny_config(tmp_path / "a", method="samix", epochs=2, method_args={"total_steps": 6})
@@ -223,3 +232,68 @@ def test_integer_input_refused(name):
         mixkit.create(name)(x, y, model=TinyNet())
     with pytest.raises(mixkit.DTypeError, match="floating point"):
         mixkit.create(name).train_step(TinyNet(), x, y, criterion=ce)
+
+
+def test_mask_snapshots_recorded_without_changing_training(tmp_path):
+    from mixkit.mask_snapshots import snapshot_epoch
+
+    assert [e for e in range(1, 120) if snapshot_epoch(e)] == [1, 2, 5, 10, 20, 50, 100]
+
+    def run(record):
+        torch.manual_seed(0)
+        net = TinyNet()
+        m = SAMix(num_classes=5, total_steps=8)
+        m.set_input_normalization((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+        opt = torch.optim.SGD(net.parameters(), lr=0.1)
+        g, logs = gen(4), []
+        for epoch in range(4):
+            for _ in range(2):
+                x, y = torch.randn(6, 3, 8, 8, generator=g), torch.randint(0, 5, (6,), generator=g)
+                out = m.train_step(net, x, y, criterion=ce, generator=g)
+                opt.zero_grad()
+                out.loss.backward()
+                opt.step()
+            if record:
+                logs.append(m.epoch_end(net))
+        return m, net, logs
+
+    m, net, logs = run(True)
+    plain, plain_net, _ = run(False)
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), plain_net.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(m.mixer.state_dict().values(), plain.mixer.state_dict().values()))
+    snaps = m.snapshots
+    assert [r["epoch"] for r in snaps.records] == [1, 2, 4]  # 1, 2 and the last epoch (step 8 = total_steps)
+    assert [bool(entry) for entry in logs] == [True, True, False, True]
+    assert snaps.probe.shape == (6, 3, 8, 8) and snaps.records[0]["masks"].shape == (3, 3, 8, 8)
+    assert snaps.records[0]["masks"].dtype == torch.uint8
+    # the recorded masks are the Mixer's, in eval mode, for pair (i, n + i) at each lambda
+    m.mixer.eval(), m.encoder.eval()
+    x = snaps.probe.float()
+    index = torch.tensor([3, 4, 5, 0, 1, 2])
+    for k, lam in enumerate(snaps.lams):
+        ref = m.mixer(m.encoder.features(x), index, torch.full((6,), lam, dtype=torch.float64), (8, 8))[:3, 0]
+        assert torch.allclose(snaps.records[-1]["masks"][:, k].float() / 255, ref.detach(), atol=1 / 255)
+    assert torch.allclose(snaps.pixels(), x * 0.25 + 0.5)
+    # kept in the state and in the saved Mixer
+    m2 = SAMix(num_classes=5)
+    m2.load_state_dict(m.state_dict())
+    m2._build(TinyNet(), x, gen(0))
+    assert len(m2.snapshots.records) == 3 and torch.equal(m2.snapshots.probe, snaps.probe)
+    m.save_mixer(tmp_path / "mixer.pt")
+    assert len(load_mixer(str(tmp_path / "mixer.pt"))["snapshots"]["records"]) == 3
+
+
+def test_show_checkpoint_draws_the_snapshots(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    from mixkit.cli import main
+
+    m, _ = trained_samix(steps=2)
+    assert m.epoch_end(TinyNet())["mask_mean_gap"] >= 0
+    m.save_mixer(tmp_path / "mixer.pt")
+    out = tmp_path / "show.png"
+    assert main(["show", "--method", "samix", "--checkpoint", str(tmp_path / "mixer.pt"), "--out", str(out)]) == 0
+    assert out.stat().st_size > 5000
+    with pytest.raises(SystemExit, match="not 'automix'"):
+        main(["show", "--method", "automix", "--checkpoint", str(tmp_path / "mixer.pt"), "--out", str(out)])
+    with pytest.raises(SystemExit, match="no such checkpoint"):
+        main(["show", "--method", "samix", "--checkpoint", str(tmp_path / "nope.pt")])

@@ -136,10 +136,42 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_snapshots(path: str, method: str) -> dict[str, Any]:
+    """The mask snapshots of ``method`` in a run's checkpoint or a ``--save-mixer`` file."""
+    import torch
+
+    from mixkit.learnable import MIXER_FORMAT
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise SystemExit(f"mixkit show: no such checkpoint: {path}") from None
+    if not isinstance(state, dict):
+        raise SystemExit(f"mixkit show: {path} is neither a run checkpoint nor a mixer file")
+    if state.get("format") == MIXER_FORMAT:  # a file written by --save-mixer
+        saved, snapshots = state.get("method"), state.get("snapshots")
+    elif isinstance(state.get("config"), dict) and isinstance(state.get("method"), dict):  # a run's checkpoint.pt
+        saved, snapshots = state["config"].get("method"), state["method"].get("snapshots")
+    else:
+        raise SystemExit(f"mixkit show: {path} is neither a run checkpoint nor a mixer file")
+    if saved != method:
+        raise SystemExit(f"mixkit show: {path} was made by method {saved!r}, not {method!r}")
+    if not snapshots:
+        raise SystemExit(f"mixkit show: {path} holds no mask snapshots (made before mixkit recorded them)")
+    return snapshots
+
+
 def _cmd_show(args: argparse.Namespace) -> int:
     from mixkit.data import load_dataset
     from mixkit.viz import pair_grid
 
+    if args.checkpoint is not None:
+        from mixkit.viz import mask_snapshots_figure
+
+        snapshots = _load_snapshots(args.checkpoint, args.method)
+        out = mask_snapshots_figure(snapshots, args.out, title=f"{args.method}: learned masks over training ({args.checkpoint})")
+        print(f"mixkit: wrote {out.resolve()}")
+        return 0
     data = load_dataset(args.data, root=args.data_root, split="test", cache_dir=args.cache_dir)
     import torch
 
@@ -189,4 +221,6 @@ def add_train_commands(sub: Any) -> None:
     p.add_argument("--p", type=float)
     p.add_argument("--mode", choices=("batch", "elem"))
     p.add_argument("--method-arg", action="append", metavar="KEY=VALUE")
+    p.add_argument("--checkpoint", help="learnable methods: a run's checkpoint.pt (or a --save-mixer file); "
+                   "draws the learned masks of fixed pairs over training")
     p.set_defaults(func=_cmd_show)

@@ -54,7 +54,15 @@ from mixkit.base import MixMethod
 from mixkit.errors import HyperParameterError, ModelError
 from mixkit.functional.blend import mask_blend
 from mixkit.hooks import resolve_layer
-from mixkit.types import BlendParams, MaskParams, MixTarget, ModelMixOutput, Params, StepOutput
+from mixkit.mask_snapshots import MaskSnapshots
+from mixkit.types import (
+    BlendParams,
+    MaskParams,
+    MixTarget,
+    ModelMixOutput,
+    Params,
+    StepOutput,
+)
 from mixkit.validation import check_alpha, check_range
 
 __all__ = ["MomentumEncoder", "LearnableMixMethod", "momentum_at", "cosine_value", "resolve_stage", "load_mixer"]
@@ -223,6 +231,7 @@ class LearnableMixMethod(MixMethod):
         self.step = 0
         self.channels = 0
         self._pending: dict[str, Any] | None = None
+        self.snapshots = MaskSnapshots()
 
     # ------------------------------------------------------------------ subclass interface
     def build_mixer(self, channels: int, generator: torch.Generator | None) -> nn.Module:
@@ -295,6 +304,10 @@ class LearnableMixMethod(MixMethod):
     def _build(self, model: nn.Module, x: Tensor, generator: torch.Generator | None) -> None:
         if self.mixer is not None:
             return
+        self._build_parts(model, x, generator)
+        self.snapshots.set_probe(x, self.input_normalization)  # after a loaded state, which may hold one
+
+    def _build_parts(self, model: nn.Module, x: Tensor, generator: torch.Generator | None) -> None:
         self.encoder = self._make_encoder(model, x)
         training = self.encoder.training
         self.encoder.eval()  # no BN-statistics update from this probe
@@ -355,6 +368,10 @@ class LearnableMixMethod(MixMethod):
         self.mixer.train(model.training)
         self.encoder.train(model.training)
 
+    def epoch_end(self, model: nn.Module) -> dict[str, float]:
+        """Record the masks of the probe pairs on snapshot epochs (see :mod:`mixkit.mask_snapshots`)."""
+        return self.snapshots.epoch_end(self)
+
     def _before_step(self, model: nn.Module) -> None:
         self.encoder.update(model, momentum_at(self.step, self.total_steps, self.momentum, self.momentum_end))
 
@@ -377,7 +394,8 @@ class LearnableMixMethod(MixMethod):
         """EMA encoder, Mixer, its optimiser and the step counter (empty before the first step)."""
         if self.mixer is None:
             return dict(self._pending) if self._pending else {}
-        state = {"step": self.step, "encoder": self.encoder.state_dict(), "mixer": self.mixer.state_dict()}
+        state = {"step": self.step, "encoder": self.encoder.state_dict(), "mixer": self.mixer.state_dict(),
+                 "snapshots": self.snapshots.state_dict()}
         if self.optimizer is not None:
             state["optimizer"] = self.optimizer.state_dict()
         return state
@@ -398,6 +416,7 @@ class LearnableMixMethod(MixMethod):
 
     def _load_built(self, state: dict[str, Any]) -> None:
         self.step = int(state["step"])
+        self.snapshots.load_state_dict(state.get("snapshots", {}))
         self.encoder.load_state_dict(state["encoder"])
         self.mixer.load_state_dict(state["mixer"])
         if self.optimizer is not None:
@@ -409,5 +428,6 @@ class LearnableMixMethod(MixMethod):
             raise RuntimeError(f"{type(self).__name__} has no Mixer yet: train at least one step first")
         torch.save({"format": MIXER_FORMAT, "method": self.name, "config": self.mixer_config(),
                     "channels": self.channels, "stage": self.encoder.stage,
-                    "mixer": self.mixer.state_dict(), "encoder": self.encoder.model.state_dict()}, path)
+                    "mixer": self.mixer.state_dict(), "encoder": self.encoder.model.state_dict(),
+                    "snapshots": self.snapshots.state_dict()}, path)
 

@@ -15,7 +15,7 @@ from torch import Tensor
 from mixkit.registry import create, list_methods, method_info
 from mixkit.types import MixTarget
 
-__all__ = ["method_gallery"]
+__all__ = ["method_gallery", "pair_grid", "mask_snapshots_figure"]
 
 
 def _pyplot():  # type: ignore[no-untyped-def]
@@ -132,8 +132,8 @@ def pair_grid(
         seed: seed of the draws.
     """
     if "mixer" in method_info(method).needs:
-        raise ValueError(f"{method} draws its masks with a Mixer trained alongside a model: there is nothing to "
-                         "show without a trained Mixer (pictures from a checkpoint are not built yet)")
+        raise ValueError(f"{method} draws its masks with a Mixer trained alongside a model: show a trained one "
+                         f"with mixkit show --method {method} --checkpoint RUN/checkpoint.pt")
     plt = _pyplot()
     m = create(method, **(hparams or {}))
     names = list(class_names) if class_names is not None else [str(i) for i in range(int(labels.max()) + 1)]
@@ -155,5 +155,66 @@ def pair_grid(
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return out
+
+
+def mask_snapshots_figure(snapshots: dict, path: str | os.PathLike[str], *, title: str = "") -> Path:
+    """The learned masks and mixes of fixed probe pairs over training (the papers' figures).
+
+    Args:
+        snapshots: a learnable method's ``state_dict()["snapshots"]`` (see
+            :class:`mixkit.mask_snapshots.MaskSnapshots`), e.g. from a run's ``checkpoint.pt``.
+        path: the image file to write.
+        title: the figure's title.
+
+    The first row shows each probe pair (image A, image B) and their plain Mixup at lambda 0.5;
+    then, for each recorded epoch, one row of masks (white: A's weight 1) and one row of mixes,
+    one column per pair and lambda (lambda is A's weight).
+    """
+    from mixkit.mask_snapshots import MaskSnapshots
+
+    snaps = MaskSnapshots()
+    snaps.load_state_dict(snapshots)
+    if snaps.probe is None or not snaps.records:
+        raise ValueError("no mask snapshots in this state: they are recorded at the end of epochs 1, 2, 5, 10, 20, "
+                         "50... of a run made with mixkit >= 0.1's learnable methods")
+    plt = _pyplot()
+    images = snaps.pixels().clamp(0, 1)
+    n, lams = images.shape[0] // 2, snaps.lams
+    cols = n * len(lams)
+    rows = 1 + 2 * len(snaps.records)
+    fig, axes = plt.subplots(rows, cols, figsize=(0.95 * cols + 0.8, 0.95 * rows + 0.4), squeeze=False)
+    for ax in axes.flat:
+        ax.set_axis_off()
+    for i in range(n):
+        a, b = images[i], images[n + i]
+        for j, (img, name) in enumerate([(a, "A"), (b, "B"), (0.5 * a + 0.5 * b, "mixup 0.5")]):
+            if j < len(lams):
+                _show(axes[0, i * len(lams) + j], img)
+                axes[0, i * len(lams) + j].set_axis_on()
+                axes[0, i * len(lams) + j].set_title(f"pair {i + 1}: {name}", fontsize=6)
+    for r, rec in enumerate(snaps.records):
+        masks = rec["masks"].float() / 255.0
+        for i in range(n):
+            for k, lam in enumerate(lams):
+                m = masks[i, k].unsqueeze(0)
+                mix = m * images[i] + (1 - m) * images[n + i]
+                col = i * len(lams) + k
+                for off, img in ((1, m), (2, mix)):
+                    ax = axes[2 * r + off, col]
+                    _show(ax, img)
+                    ax.set_axis_on()
+                if r == 0:
+                    axes[1, col].set_title(f"lambda {lam:g}", fontsize=6)
+                axes[2 * r + 1, col].set_xlabel(f"mean {float(m.mean()):.2f}", fontsize=5, labelpad=1)
+        axes[2 * r + 1, 0].set_ylabel(f"epoch {rec['epoch']}\nmask", fontsize=7)
+        axes[2 * r + 2, 0].set_ylabel(f"epoch {rec['epoch']}\nmix", fontsize=7)
+    fig.tight_layout()
+    if title:
+        fig.suptitle(title, fontsize=9, y=1.0, va="bottom")
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100, bbox_inches="tight")
     plt.close(fig)
     return out
