@@ -325,6 +325,18 @@ def test_subset_per_class_counts_and_reproducibility():
         subset_per_class(labels, 2, num_classes=6)
 
 
+def test_subset_offset_gives_the_next_ranks_disjoint():
+    labels = torch.arange(3).repeat_interleave(10)
+    first, second = subset_per_class(labels, 4, seed=1), subset_per_class(labels, 4, seed=1, offset=4)
+    assert not set(first.tolist()) & set(second.tolist())
+    assert labels[second].bincount().tolist() == [4, 4, 4]
+    assert set(first.tolist()) | set(second.tolist()) == set(subset_per_class(labels, 8, seed=1).tolist())
+    with pytest.raises(HyperParameterError, match="offset"):
+        subset_per_class(labels, 4, offset=7)
+    with pytest.raises(HyperParameterError, match="offset must be >= 0"):
+        subset_per_class(labels, 4, offset=-1)
+
+
 # ---------------------------------------------------------------- crop and flip
 
 

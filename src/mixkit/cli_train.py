@@ -26,6 +26,7 @@ _CONFIG_FLAGS: list[tuple[str, str, type, str]] = [
     ("--label-smoothing", "label_smoothing", float, "label smoothing"),
     ("--clip-grad", "clip_grad", float, "max gradient norm"),
     ("--subset-seed", "subset_seed", int, "seed of the subset choice"),
+    ("--subset-offset", "subset_offset", int, "skip this many images per class of the subset choice (a disjoint subset)"),
     ("--eval-every", "eval_every", int, "evaluate every N epochs (and each of the last --median-last)"),
     ("--median-last", "median_last", int, "final top-1 also as the median of the last N evaluations"),
     ("--eval-batch-size", "eval_batch_size", int, "evaluation batch size"),

@@ -113,13 +113,15 @@ class ImageData:
 
 
 def subset_per_class(
-    labels: torch.Tensor, n_per_class: int, *, seed: int = 0, num_classes: int | None = None
+    labels: torch.Tensor, n_per_class: int, *, seed: int = 0, num_classes: int | None = None, offset: int = 0
 ) -> torch.Tensor:
     """Indices of ``n_per_class`` samples of every class, the same on every call.
 
     Each class's samples are ranked by one random permutation drawn from a
     ``torch.Generator`` seeded by ``seed``, so subsets are nested: the subset of size ``n``
-    holds the one of size ``n - 1``.
+    holds the one of size ``n - 1``. ``offset`` skips the first ``offset`` ranked samples of
+    each class: ``offset=n`` gives a subset disjoint from the one of size ``n`` (e.g. to
+    pre-train on other images of the same data set).
 
     Args:
         labels: ``(N,)`` integer class labels.
@@ -127,6 +129,7 @@ def subset_per_class(
         seed: seed of the generator that picks the samples.
         num_classes: when given, every class ``0..num_classes-1`` must have enough
             samples; otherwise only the classes present in ``labels`` are used.
+        offset: ranked samples of each class skipped before the ``n_per_class`` kept (>= 0).
 
     Returns:
         ``(K * n_per_class,)`` int64 indices into ``labels``, sorted ascending.
@@ -140,15 +143,18 @@ def subset_per_class(
         raise LabelError(f"labels must be a 1-D integer tensor, got {labels.dtype} {tuple(labels.shape)}")
     if n_per_class < 1:
         raise HyperParameterError(f"n_per_class must be >= 1, got {n_per_class}")
+    if offset < 0:
+        raise HyperParameterError(f"offset must be >= 0, got {offset}")
     labels = labels.cpu()
     classes = range(num_classes) if num_classes is not None else torch.unique(labels).tolist()
     generator = torch.Generator().manual_seed(seed)
     chosen = []
     for c in classes:
         index = torch.nonzero(labels == c).flatten()
-        if index.numel() < n_per_class:
-            raise HyperParameterError(f"class {c} has {index.numel()} samples, fewer than n_per_class={n_per_class}")
-        chosen.append(index[rng.randperm(index.numel(), generator=generator)[:n_per_class]])
+        if index.numel() < offset + n_per_class:
+            raise HyperParameterError(f"class {c} has {index.numel()} samples, fewer than offset + n_per_class = "
+                                      f"{offset} + {n_per_class}")
+        chosen.append(index[rng.randperm(index.numel(), generator=generator)[offset:offset + n_per_class]])
     return torch.sort(torch.cat(chosen)).values if chosen else torch.zeros(0, dtype=torch.long)
 
 

@@ -31,6 +31,8 @@ class TrainConfig:
         batch_size: training batch size.
         subset: training images per class (None: all), the same subset for every run of a seed-free choice.
         subset_seed: seed of the subset choice (fixed so that every run sees the same images).
+        subset_offset: skip the first ``subset_offset`` images per class of that choice: a subset
+            disjoint from the default one of that size (e.g. to pre-train a Mixer on other images).
         optimizer: ``sgd`` or ``adamw``.
         lr: peak learning rate.
         momentum: SGD momentum.
@@ -73,6 +75,7 @@ class TrainConfig:
     batch_size: int = 128
     subset: int | None = None
     subset_seed: int = 0
+    subset_offset: int = 0
     optimizer: str = "sgd"
     lr: float = 0.1
     momentum: float = 0.9
@@ -122,6 +125,7 @@ class TrainConfig:
             (self.epochs >= 1, "epochs must be >= 1"),
             (self.batch_size >= 1, "batch_size must be >= 1"),
             (self.subset is None or self.subset >= 1, "subset must be >= 1 images per class"),
+            (self.subset_offset >= 0, "subset_offset must be >= 0"),
             (self.optimizer in ("sgd", "adamw"), "optimizer must be 'sgd' or 'adamw'"),
             (self.schedule in ("cosine", "onecycle"), "schedule must be 'cosine' or 'onecycle'"),
             (self.loss in ("ce", "bce"), "loss must be 'ce' or 'bce'"),

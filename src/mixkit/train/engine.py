@@ -66,7 +66,7 @@ def load_train_data(cfg: TrainConfig) -> TrainData:
     test = load_dataset(cfg.data, root=cfg.data_root, split="test", cache_dir=cfg.cache_dir)
     images, labels = train.images, train.labels
     if cfg.subset is not None:
-        keep = subset_per_class(labels, cfg.subset, seed=cfg.subset_seed)
+        keep = subset_per_class(labels, cfg.subset, seed=cfg.subset_seed, offset=cfg.subset_offset)
         images, labels = images[keep], labels[keep]
     mean, std = dataset_stats(cfg.data, images)
     return TrainData(images, labels, test.images, test.labels, tuple(train.classes), tuple(mean), tuple(std))
