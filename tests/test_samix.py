@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -297,3 +298,22 @@ def test_show_checkpoint_draws_the_snapshots(tmp_path, capsys):
         main(["show", "--method", "automix", "--checkpoint", str(tmp_path / "mixer.pt"), "--out", str(out)])
     with pytest.raises(SystemExit, match="no such checkpoint"):
         main(["show", "--method", "samix", "--checkpoint", str(tmp_path / "nope.pt")])
+
+
+def test_cli_save_mixer_then_samix_p_with_mixer_flag_then_show(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    from mixkit import cli
+
+    common = ["--data", "fashion_mnist", "--model", "resnet20", "--epochs", "1", "--subset", "2", "--batch-size", "10",
+              "--no-corruptions", "--cache-dir", str(tmp_path / "c")]
+    mixer = tmp_path / "mixer.pt"
+    assert cli.main(["train", "--method", "samix", "--out", str(tmp_path / "a"), "--save-mixer", str(mixer), *common]) == 0
+    assert load_mixer(str(mixer))["method"] == "samix"
+    assert cli.main(["train", "--method", "samix_p", "--mixer", str(mixer), "--out", str(tmp_path / "b"),
+                     "--subset-offset", "2", *common]) == 0
+    config = json.loads((tmp_path / "b" / "config.json").read_text())
+    assert config["method_args"] == {"mixer": str(mixer)} and config["subset_offset"] == 2
+    picture = tmp_path / "masks.png"
+    assert cli.main(["show", "--method", "samix", "--checkpoint", str(tmp_path / "a" / "checkpoint.pt"),
+                     "--out", str(picture)]) == 0
+    assert picture.stat().st_size > 5000

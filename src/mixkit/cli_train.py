@@ -75,6 +75,8 @@ def _method_args(args: argparse.Namespace) -> dict[str, Any]:
         if getattr(args, key, None) is not None:
             out[key] = getattr(args, key)
     out.update(_key_values(args.method_arg, "--method-arg"))
+    if getattr(args, "mixer", None) is not None:  # --mixer FILE is --method-arg mixer="FILE"
+        out["mixer"] = args.mixer
     return out
 
 
@@ -198,6 +200,7 @@ def add_train_commands(sub: Any) -> None:
     p.add_argument("--out", default="runs/run", help="output directory")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     p.add_argument("--save-mixer", help="learnable methods: save the trained mixer to this file")
+    p.add_argument("--mixer", help="samix_p: the Mixer file written by --save-mixer (same as --method-arg mixer=FILE)")
     _add_config_flags(p)
     p.set_defaults(func=_cmd_train)
 
