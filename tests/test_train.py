@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import mixkit
+from mixkit.errors import HyperParameterError
 from mixkit.train import TrainConfig, TrainData, train
 from mixkit.train.bench import run_bench
 from conftest import TinyNet
@@ -180,6 +181,19 @@ def test_bench_refuses_runs_made_with_other_settings(tmp_path):
     run_bench(["erm"], [0], base, tmp_path / "bench", data=data)
     with pytest.raises(ValueError, match="epochs"):
         run_bench(["erm"], [0], dataclasses.replace(base, epochs=2), tmp_path / "bench", data=data)
+
+
+def test_bench_method_args_reach_the_methods_that_have_them(tmp_path):
+    data = tiny_data()
+    base = tiny_config(tmp_path, model="resnet20", epochs=1)
+    run_bench(["erm", "mixup", "cutmix"], [0], base, tmp_path / "bench", data=data, method_args={"alpha": 0.4})
+    configs = {m: json.loads((tmp_path / "bench" / f"{m}-seed0" / "config.json").read_text()) for m in ("erm", "mixup", "cutmix")}
+    assert configs["erm"]["method_args"] == {} and configs["mixup"]["method_args"] == {"alpha": 0.4}
+    assert configs["cutmix"]["method_args"] == {"alpha": 0.4}
+    with pytest.raises(HyperParameterError, match="no method of the grid .* mixer"):
+        run_bench(["erm", "mixup"], [0], base, tmp_path / "bench", data=data, method_args={"mixer": "m.pt"})
+    with pytest.raises(ValueError, match="method_args"):  # a finished run made without them is not reused
+        run_bench(["mixup"], [0], base, tmp_path / "bench", data=data, method_args={"alpha": 1.0})
 
 
 def test_method_args_tuples_survive_the_json_round_trip(tmp_path):

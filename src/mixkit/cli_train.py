@@ -131,7 +131,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             method_info(part)
     seeds = [int(s) for s in args.seeds.split(",")]
     cfg = _config(args, out=args.out)
-    run_bench(methods, seeds, cfg, args.out, train_missing=not args.report_only)
+    run_bench(methods, seeds, cfg, args.out, train_missing=not args.report_only, method_args=_method_args(args))
     if not distributed.is_main():
         return 0
     print((__import__("pathlib").Path(args.out) / "results.md").read_text())
@@ -210,6 +210,9 @@ def add_train_commands(sub: Any) -> None:
     p.add_argument("--seeds", default="0", help="comma-separated seeds (default: 0)")
     p.add_argument("--out", default="runs/bench", help="output directory (re-run to resume)")
     p.add_argument("--report-only", action="store_true", help="train nothing: report the finished runs")
+    p.add_argument("--method-arg", action="append", metavar="KEY=VALUE",
+                   help="a hyper-parameter (JSON value) for every method of the grid that has it")
+    p.add_argument("--mixer", help="samix_p: the Mixer file written by --save-mixer")
     _add_config_flags(p, seed=False)
     p.set_defaults(func=_cmd_bench)
 

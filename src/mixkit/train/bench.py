@@ -47,13 +47,16 @@ def run_bench(
     *,
     data: TrainData | None = None,
     train_missing: bool = True,
+    method_args: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Run (or reuse) every method x seed; return the summary rows and write the report.
 
     A method written ``NAME+POLICY`` (``mixup+decouplemix``) trains ``NAME`` under the label
-    policy ``POLICY``. With ``train_missing=False`` nothing is trained: the report covers the
-    finished runs.
+    policy ``POLICY``. ``method_args`` go to every method of the grid that has that
+    hyper-parameter (``{"mixer": FILE}`` reaches ``samix_p`` only); each must fit at least one.
+    With ``train_missing=False`` nothing is trained: the report covers the finished runs.
     """
+    shared = _split_method_args(methods, method_args or {})
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
@@ -62,7 +65,7 @@ def run_bench(
             run_dir = out / f"{method}-seed{seed}"
             name, _, policy = method.partition("+")
             cfg = dataclasses.replace(base, method=name, label_policy=policy or None, seed=seed, out=str(run_dir),
-                                      method_args={}, label_policy_args={})
+                                      method_args=shared[name], label_policy_args={})
             metrics = _load_finished(run_dir, cfg)
             if metrics is None and not train_missing:
                 continue
@@ -77,6 +80,20 @@ def run_bench(
     if is_main():
         write_report(rows, results, out, base)
     return rows
+
+
+def _split_method_args(methods: Sequence[str], args: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each method name's share of ``args``: the keys among its hyper-parameters."""
+    from mixkit.errors import HyperParameterError
+    from mixkit.registry import method_info
+
+    names = {m.partition("+")[0] for m in methods}
+    shared = {n: {k: v for k, v in args.items() if k in method_info(n).defaults} for n in names}
+    unused = sorted(k for k in args if not any(k in share for share in shared.values()))
+    if unused:
+        raise HyperParameterError(f"no method of the grid ({', '.join(sorted(names))}) has the hyper-parameter(s) "
+                                  f"{', '.join(unused)}")
+    return shared
 
 
 def _say(text: str) -> None:
