@@ -7,7 +7,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.mixkit-installed
 
-.PHONY: demo test data bench-times docs clean
+.PHONY: demo test data bench-times bench-ops docs clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,11 @@ bench-times: $(STAMP)
 	$(BIN)/python bench/method_times.py --out bench/results/method_times.json
 	$(BIN)/python bench/method_times.py --size 32 --out bench/results/method_times_32.json
 	$(BIN)/python bench/method_times_md.py
+
+# side-by-side op times against timm/kornia/mixup in .bench-venv (docs/benchmarks/ops.md); ~25 min
+bench-ops:
+	sh scripts/bench-env.sh
+	.bench-venv/bin/python bench/ops.py $(BENCH_OPS_ARGS)
 
 docs: $(STAMP)
 	$(BIN)/mixkit list --markdown > docs/methods.md

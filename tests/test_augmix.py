@@ -282,3 +282,70 @@ def test_train_step_jsd_loss_and_decreasing_loss_on_a_fixed_batch():
         12 * step.logs["jsd"], rel=1e-4, abs=1e-6)
     single = AugMix(jsd=False).train_step(model, x, y, criterion=mixkit.mixup_cross_entropy, generator=gen(26))
     assert "jsd" not in single.logs and single.logits.shape == (10, 5)
+
+
+# ------------------------------------------------------------------ batched fast paths
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_whole_pixel_translation_gather_equals_the_resampling_warp(dtype):
+    from mixkit.functional.augment_ops import _affine, _translate, _warp
+
+    x = torch.rand(5, 3, 9, 12, generator=gen(11), dtype=dtype)
+    shift = torch.tensor([0.0, 3.0, -4.0, 11.0, -13.0], dtype=torch.float64)  # past the edge too
+    for op, axis in (("translate_x", 3), ("translate_y", 2)):
+        warped = _warp(x, _affine(op, shift, 9, 12))
+        torch.testing.assert_close(_translate(x, shift, axis), warped, atol=1e-5, rtol=0)
+    half = torch.full((5,), 1.5, dtype=torch.float64)  # fractional shifts still resample
+    torch.testing.assert_close(apply_op(x, "translate_x", half), _warp(x, _affine("translate_x", half, 9, 12)))
+
+
+def test_apply_ops_with_source_rows_equals_gathering_the_rows_first():
+    x = torch.rand(4, 3, 10, 12, generator=gen(12))
+    source = torch.tensor([3, 0, 0, 2, 3, 1, 1])
+    op_index, mag = sample_ops((7,), (10, 12), severity=10, ops=ALL_OPS, generator=gen(13))
+    op_index[2] = -1
+    out = apply_ops(x, op_index, mag, ALL_OPS, source=source)
+    assert torch.equal(out, apply_ops(x[source], op_index, mag, ALL_OPS))
+    from mixkit.errors import ShapeError
+
+    with pytest.raises(ShapeError):
+        apply_ops(x, op_index, mag, ALL_OPS, source=torch.tensor([0, 1, 2, 3, 4, 0, 0]))
+
+
+def test_chain_steps_in_place_equal_fresh_outputs():
+    from mixkit.functional.augment_ops import _apply_ops
+
+    x = torch.rand(12, 3, 8, 8, generator=gen(14))
+    op_index, mag = sample_ops((12,), (8, 8), severity=10, ops=ALL_OPS, generator=gen(15))
+    op_index[::3] = -1  # finished chains stay as they are
+    fresh = _apply_ops(x, op_index, mag, ALL_OPS)
+    assert torch.equal(_apply_ops(x.clone(), op_index, mag, ALL_OPS, inplace=True), fresh)
+
+
+def test_apply_chains_equals_each_sample_chain_by_hand():
+    x = torch.rand(5, 3, 8, 9, generator=gen(16))
+    draws = sample_chains(5, (8, 9), width=3, depth=-1, severity=10, ops=ALL_OPS, generator=gen(17))
+    out = apply_chains(x, draws, ALL_OPS)
+    for b in range(5):
+        mix = torch.zeros_like(x[b : b + 1])
+        for i in range(3):
+            img = x[b : b + 1]
+            for step in range(draws.ops.shape[2]):
+                if int(draws.ops[b, i, step]) >= 0:
+                    img = apply_op(img, ALL_OPS[int(draws.ops[b, i, step])], draws.magnitude[b, i, step : step + 1])
+            mix += float(draws.weights[b, i]) * img
+        want = float(draws.m[b]) * x[b : b + 1] + (1 - float(draws.m[b])) * mix
+        torch.testing.assert_close(out[b : b + 1], want, atol=1e-5, rtol=0)
+
+
+def test_large_images_take_the_per_group_copy_path_with_the_same_result(monkeypatch):
+    import mixkit.functional.augment_ops as ao
+
+    x = torch.rand(9, 3, 8, 8, generator=gen(18))
+    op_index, mag = sample_ops((9,), (8, 8), severity=10, ops=ALL_OPS, generator=gen(19))
+    op_index[4] = -1
+    small = apply_ops(x, op_index, mag, ALL_OPS)
+    draws = sample_chains(3, (8, 8), severity=10, ops=ALL_OPS, generator=gen(20))
+    chains = apply_chains(x[:3], draws, ALL_OPS)
+    monkeypatch.setattr(ao, "_SMALL_IMAGE", 0)
+    assert torch.equal(apply_ops(x, op_index, mag, ALL_OPS), small)
+    assert torch.equal(apply_chains(x[:3], draws, ALL_OPS), chains)

@@ -310,3 +310,21 @@ def test_hyper_parameters_are_checked():
     info = mixkit.method_info("pixmix")
     assert info.family == "linear" and info.sources == 1
     assert info.defaults["k"] == 4 and info.defaults["beta"] == 3.0 and info.defaults["severity"] == 3
+
+
+def test_batched_augmented_copies_equal_one_call_per_column():
+    """Every augmented copy is made in one batched call; each equals its column's own op."""
+    from mixkit.functional.augment_ops import AUGMIX_OPS, apply_ops
+
+    x = torch.rand(6, 3, H, W, generator=gen(21))
+    m = PixMix(mixing_set=torch.rand(2, 3, FIT, FIT, generator=gen(22)), k=3)
+    params = m.sample(x, generator=gen(23))
+    slot, copies = m._augmented(x, params)
+    for b in range(6):
+        for col in range(4):
+            op = int(params.ops[b, col])
+            assert (slot[b, col] >= 0) == (op >= 0)
+            if op >= 0:
+                want = apply_ops(x[b : b + 1], params.ops[b, col : col + 1], params.magnitude[b, col : col + 1],
+                                 AUGMIX_OPS).clamp(0, 1)
+                assert torch.equal(copies[int(slot[b, col])], want[0])

@@ -8,8 +8,10 @@ Paper and reference code:
 
 Inputs are ``(B, C, H, W)`` float pixels in [0, 1] (clamped first). Each sample gets its own
 operation and magnitude; a call loops over the operations (about nine), never over samples:
-all geometric operations of a batch are one ``grid_sample`` with per-sample affine matrices,
-and equalize counts every histogram with one ``bincount``.
+rotations and shears of a batch are one ``grid_sample`` with per-sample affine matrices,
+whole-pixel translations one ``gather`` (the same values: their samples land on pixel
+centres), and equalize counts every histogram with one ``bincount``. AugMix's ``B * width``
+chains run together, the later depth steps rewriting in place only the chains still running.
 
 Fidelity to the reference's PIL calls (checked against Pillow in the tests, within its uint8
 rounding): geometric operations use PIL's affine convention (output pixel centre
@@ -48,6 +50,7 @@ ALL_OPS: tuple[str, ...] = AUGMIX_OPS + ("color", "contrast", "brightness", "sha
 GEOMETRIC_OPS: tuple[str, ...] = ("rotate", "shear_x", "shear_y", "translate_x", "translate_y")
 _SIGNED = frozenset(GEOMETRIC_OPS)  # the reference negates these with probability 1/2
 _HALF = (torch.float16, torch.bfloat16)
+_SMALL_IMAGE = 3 * 64 * 64  # elements per image up to which results are gathered by one cat
 
 
 # ------------------------------------------------------------------ pixel-value operations
@@ -82,7 +85,7 @@ def _equalize(x: Tensor, _: Tensor) -> Tensor:
     below = hist.cumsum(dim=1) - hist  # pixels strictly darker than each level
     lut = ((step // 2 + below) // step.clamp_min(1)).clamp_max(255)
     lut = torch.where(step > 0, lut, present).to(x.dtype) / 255.0
-    return lut.flatten()[flat].view(b, c, h, w)
+    return lut.flatten().index_select(0, flat).view(b, c, h, w)
 
 
 def _posterize(x: Tensor, bits: Tensor) -> Tensor:
@@ -93,7 +96,7 @@ def _posterize(x: Tensor, bits: Tensor) -> Tensor:
 
 def _solarize(x: Tensor, threshold: Tensor) -> Tensor:
     """Invert levels ``>= threshold`` (PIL's ``ImageOps.solarize``): ``floor(255x + .5) >= t``."""
-    return torch.where(x >= _col((threshold - 0.5) / 255.0, x), 1.0 - x, x)
+    return (x >= _col((threshold - 0.5) / 255.0, x)).to(x.dtype).sub_(x).abs_()  # |1 - x| or |0 - x|
 
 
 def _gray(x: Tensor) -> Tensor:
@@ -163,22 +166,42 @@ def _warp(x: Tensor, matrices: Tensor) -> Tensor:
 
     A source point inside the image is read with its coordinates clamped to the pixel centres
     (PIL's clamped bilinear); a point outside it reads 0 (moved far out, with zero padding).
+    Each grid coordinate is one
+    broadcast ``a * x + (b * y + c)`` over the batch, with the matrices pre-scaled to
+    grid_sample's [-1, 1] units.
     """
     n, _, h, w = x.shape
-    m = matrices.to(device=x.device, dtype=torch.float64)
+    m = matrices.to(torch.float64).cpu()
     xs = (torch.arange(w, device=x.device, dtype=x.dtype) + 0.5).view(1, 1, w)
     ys = (torch.arange(h, device=x.device, dtype=x.dtype) + 0.5).view(1, h, 1)
-    grid = torch.empty(n, h, w, 2, device=x.device, dtype=x.dtype)
-    inside = torch.ones(n, h, w, dtype=torch.bool, device=x.device)
+    planar = torch.empty(n, 2, h, w, dtype=x.dtype, device=x.device)  # (u, v) planes
     for row, size in ((0, w), (1, h)):
         # normalised source coordinate 2 * src / size - 1: the matrix row scaled once
-        a, b, c = (v.to(x.dtype).view(n, 1, 1) for v in (m[:, row, 0] * (2.0 / size), m[:, row, 1] * (2.0 / size),
-                                                         m[:, row, 2] * (2.0 / size) - 1.0))
-        src = a * xs + (b * ys + c)
-        inside &= (src >= -1.0) & (src < 1.0)
-        grid[..., row] = src.clamp_(1.0 / size - 1.0, 1.0 - 1.0 / size)  # clamp to the edge pixel centres
-    grid.masked_fill_(~inside.unsqueeze(-1), -4.0)
+        a, b, c = (v.to(device=x.device, dtype=x.dtype).view(n, 1, 1) for v in (
+            m[:, row, 0] * (2.0 / size), m[:, row, 1] * (2.0 / size), m[:, row, 2] * (2.0 / size) - 1.0))
+        torch.add(a * xs, b * ys + c, out=planar[:, row])
+    u, v = planar.unbind(1)
+    outside = (torch.maximum(u, v) >= 1.0).logical_or_(torch.minimum(u, v) < -1.0).to(x.dtype)
+    u.clamp_(1.0 / w - 1.0, 1.0 - 1.0 / w).add_(outside, alpha=-8.0)  # edge pixel centres; outside: far left
+    v.clamp_(1.0 / h - 1.0, 1.0 - 1.0 / h)
+    grid = planar.permute(0, 2, 3, 1)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def _translate(x: Tensor, shift: Tensor, axis: int) -> Tensor:
+    """Whole-pixel translations: ``out[..., i] = x[..., i + shift]`` along ``axis`` (3: x, 2:
+    y) per sample, 0 where that falls outside; exactly :func:`_warp` of a translation by an
+    integer (its samples land on pixel centres), with one gather instead of a resampling."""
+    n, c, h, w = x.shape
+    pad = int(shift.abs().max())
+    padded = F.pad(x, (pad, pad, 0, 0) if axis == 3 else (0, 0, pad, pad))
+    hp, wp = padded.shape[2], padded.shape[3]
+    step = shift.to(device=x.device, dtype=torch.long).view(n, 1, 1) + pad
+    ys = torch.arange(h, device=x.device).view(1, h, 1)
+    xs = torch.arange(w, device=x.device).view(1, 1, w)
+    flat = (ys + step) * wp + xs if axis == 2 else ys * wp + (xs + step)  # (n, h, w) index into the padded image
+    out = padded.reshape(n, c, hp * wp).gather(2, flat.view(n, 1, h * w).expand(n, c, h * w))
+    return out.view(n, c, h, w)
 
 
 # ------------------------------------------------------------------------ dispatching
@@ -201,39 +224,79 @@ def _check_images(x: Tensor) -> None:
 
 
 def _apply_ops(x: Tensor, op_index: Tensor, magnitude: Tensor, ops: tuple[str, ...],
-               source: Tensor | None = None) -> Tensor:
+               source: Tensor | None = None, *, inplace: bool = False) -> Tensor:
     """:func:`apply_ops` on checked float32/64 pixels already in [0, 1].
 
     Row ``r`` of the result is computed from ``x[source[r]]`` (``x[r]`` without ``source``),
-    so AugMix's chains can start from the batch without copying it ``width`` times.
+    so AugMix's chains can start from the batch without copying it ``width`` times. With
+    ``inplace`` (no ``source``) the results are written into ``x`` itself and rows without an
+    operation are not touched (each row is read before any row is written over).
     """
-    n = op_index.shape[0]
-    src = torch.arange(n, device=x.device) if source is None else source.to(x.device)
-    out = torch.empty((n,) + tuple(x.shape[1:]), dtype=x.dtype, device=x.device)
-    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
-        out = out.contiguous(memory_format=torch.channels_last)
-    op_index = op_index.to(x.device)
-    keep = (op_index < 0).nonzero().squeeze(1)
-    if keep.numel():
-        out.index_copy_(0, keep, x.index_select(0, src[keep]))
+    src = None if source is None else source.to(x.device)
+    op_index = op_index.cpu()
+
+    flat = x.view(x.shape[0], -1) if x.is_contiguous() else None  # 2-D row gathers are faster
+
+    def take(rows: Tensor) -> Tensor:
+        rows = rows if src is None else src[rows]
+        if flat is None:
+            return x.index_select(0, rows)
+        return flat.index_select(0, rows).view((rows.shape[0],) + tuple(x.shape[1:]))
+
+    values: list[tuple[Tensor, Tensor]] = []
+    if not inplace:
+        keep = (op_index < 0).nonzero().squeeze(1)
+        if keep.numel():
+            keep = keep.to(x.device)
+            values.append((keep, take(keep)))
     geo_rows, geo_mats = [], []
     for k, name in enumerate(ops):
         rows = (op_index == k).nonzero().squeeze(1)
         if not rows.numel():
             continue
-        mag = magnitude[rows.cpu()]
-        if name in _SIGNED:
+        mag = magnitude[rows]
+        if name in ("translate_x", "translate_y") and bool((mag == mag.round()).all()):
+            dev = rows.to(x.device)
+            values.append((dev, _translate(take(dev), mag, 3 if name == "translate_x" else 2)))
+        elif name in _SIGNED:
             geo_rows.append(rows)
             geo_mats.append(_affine(name, mag, x.shape[2], x.shape[3]))
         else:
-            out.index_copy_(0, rows, _VALUE_OPS[name](x.index_select(0, src[rows]), mag))
+            dev = rows.to(x.device)
+            values.append((dev, _VALUE_OPS[name](take(dev), mag)))
     if geo_rows:
-        rows = torch.cat(geo_rows)
-        out.index_copy_(0, rows, _warp(x.index_select(0, src[rows]), torch.cat(geo_mats)))
+        rows = torch.cat(geo_rows).to(x.device)
+        values.append((rows, _warp(take(rows), torch.cat(geo_mats))))
+    if not values:
+        return x
+    return _scatter_rows(x, values, op_index.shape[0], inplace)
+
+
+def _scatter_rows(x: Tensor, values: list[tuple[Tensor, Tensor]], n: int, inplace: bool) -> Tensor:
+    """Each group's results written at its rows (after every read: safe in place). Small
+    images: one concatenation and one reorder (few calls); large ones: one copy per group
+    into the output (less memory traffic)."""
+    if x[0].numel() <= _SMALL_IMAGE:
+        rows = torch.cat([r for r, _ in values])
+        result = torch.cat([v for _, v in values])
+        if inplace:
+            return x.index_copy_(0, rows, result)
+        out = result.index_select(0, torch.argsort(rows))  # every row appears once: back in row order
+        if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+            out = out.contiguous(memory_format=torch.channels_last)
+        return out
+    out = x
+    if not inplace:
+        out = torch.empty((n,) + tuple(x.shape[1:]), dtype=x.dtype, device=x.device)
+        if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+            out = out.contiguous(memory_format=torch.channels_last)
+    for rows, result in values:
+        out.index_copy_(0, rows, result)
     return out
 
 
-def apply_ops(x: Tensor, op_index: Tensor, magnitude: Tensor, ops: Sequence[str] = AUGMIX_OPS) -> Tensor:
+def apply_ops(x: Tensor, op_index: Tensor, magnitude: Tensor, ops: Sequence[str] = AUGMIX_OPS, *,
+              source: Tensor | None = None) -> Tensor:
     """Apply operation ``ops[op_index[b]]`` with ``magnitude[b]`` to each sample ``b``.
 
     Samples are grouped per operation (a loop over the operations, not the samples); every
@@ -244,17 +307,26 @@ def apply_ops(x: Tensor, op_index: Tensor, magnitude: Tensor, ops: Sequence[str]
         op_index: ``(B,)`` int64 indices into ``ops``; ``-1`` leaves the sample unchanged.
         magnitude: ``(B,)`` magnitudes in each operation's own unit (see :func:`apply_op`).
         ops: the operation names ``op_index`` refers to.
+        source: optional ``(N,)`` int64 rows of ``x``: row ``r`` of the result is then
+            ``ops[op_index[r]]`` applied to ``x[source[r]]`` (``op_index`` and ``magnitude``
+            of shape ``(N,)``), e.g. several augmented copies of each sample in one call.
 
     Returns:
-        ``(B, C, H, W)`` tensor of ``x``'s dtype and memory format, in [0, 1].
+        ``(B, C, H, W)`` (``(N, C, H, W)`` with ``source``) tensor of ``x``'s dtype and memory
+        format, in [0, 1].
     """
     _check_images(x)
     ops = _check_ops(ops)
-    if op_index.shape != (x.shape[0],) or magnitude.shape != (x.shape[0],):
-        raise ShapeError(f"op_index and magnitude must have shape ({x.shape[0]},), "
+    n = x.shape[0] if source is None else source.shape[0]
+    if op_index.shape != (n,) or magnitude.shape != (n,):
+        raise ShapeError(f"op_index and magnitude must have shape ({n},), "
                          f"got {tuple(op_index.shape)} and {tuple(magnitude.shape)}")
+    if source is not None and n and (int(source.min()) < 0 or int(source.max()) >= x.shape[0]):
+        raise ShapeError(f"source rows must lie in [0, {x.shape[0]}), got {source.tolist()}")
     work = (x.float() if x.dtype in _HALF else x).clamp(0.0, 1.0)
-    return _apply_ops(work, op_index, magnitude.cpu(), ops).to(x.dtype)
+    if n == 0:
+        return work.new_empty((0,) + tuple(work.shape[1:])).to(x.dtype)
+    return _apply_ops(work, op_index, magnitude.cpu(), ops, source).to(x.dtype)
 
 
 def apply_op(x: Tensor, op: str, magnitude: Tensor) -> Tensor:
@@ -425,16 +497,16 @@ def apply_chains(x: Tensor, draws: ChainDraws, ops: Sequence[str] = AUGMIX_OPS) 
         raise ShapeError(f"draws are for {b} samples but x has batch size {x.shape[0]}")
     ops = _check_ops(ops)
     work = x.float() if x.dtype in _HALF else x
-    chains, source = work.clamp(0.0, 1.0), torch.arange(b * width) // width  # chain r starts from sample r // width
-    for step in range(depth):
-        chains = _apply_ops(chains, draws.ops[:, :, step].reshape(-1), draws.magnitude[:, :, step].reshape(-1), ops,
-                            source)
-        source = None
-    m = _col(draws.m, work)
-    coef = (1.0 - draws.m.unsqueeze(1)) * draws.weights  # (B, width): each chain's share of the result
-    out = m * work
+    source = torch.arange(b * width) // width  # chain r starts from sample r // width
+    chains = _apply_ops(work.contiguous().clamp(0.0, 1.0), draws.ops[:, :, 0].reshape(-1),
+                        draws.magnitude[:, :, 0].reshape(-1), ops, source)
+    for step in range(1, depth):  # later steps rewrite only the chains still running
+        _apply_ops(chains, draws.ops[:, :, step].reshape(-1), draws.magnitude[:, :, step].reshape(-1), ops,
+                   inplace=True)
+    coef = ((1.0 - draws.m.unsqueeze(1)) * draws.weights).to(device=work.device, dtype=work.dtype)  # (B, width)
+    out = work * _col(draws.m, work)
     for i in range(width):
-        out.addcmul_(chains[i::width], _col(coef[:, i], work))
+        out.addcmul_(chains[i::width], coef[:, i].view(-1, 1, 1, 1))
     return out.to(x.dtype)
 
 

@@ -32,8 +32,8 @@ __all__ = [
 ]
 
 _HALF = (torch.float16, torch.bfloat16)
-#: largest distance block (elements) built at once by :func:`nearest_patches`.
-_BLOCK = 2**25
+#: largest distance (or gathered key) block, in elements, built at once by :func:`nearest_patches`.
+_BLOCK = 2**22
 
 
 def _work(x: Tensor) -> Tensor:
@@ -82,31 +82,15 @@ def patch_shares(spatial: tuple[int, int], patch_size: int) -> Tensor:
     return (rows.unsqueeze(1) * cols.unsqueeze(0)).reshape(-1) / (h * w)
 
 
-def _block_distances(query: Tensor, keys: Tensor, peers: Tensor, group: int) -> Tensor:
-    """``(B, c, m * P)`` squared distances of a block of queries to every peer patch.
-
-    ``query (B, c, D + 2)`` holds ``[q, |q|^2, 1]`` and ``keys (B, P, D + 2)`` holds
-    ``[-2 k, 1, |k|^2]``, so one batched product gives ``|q|^2 - 2 q.k + |k|^2``. The keys
-    of ``group`` peers are gathered at a time (no ``(B, m, P, D)`` copy for large patches).
-    """
-    b, n, d = keys.shape
-    m = peers.shape[1]
-    parts = []
-    for first in range(0, m, group):
-        rows = peers[:, first : first + group].reshape(-1)
-        cand = keys.index_select(0, rows).view(b, -1, d)  # (B, g * P, D + 2)
-        parts.append(torch.bmm(query, cand.transpose(1, 2)))
-    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
-
-
 def nearest_patches(x: Tensor, peers: Tensor, patch_size: int, k: int, *, metric: str = "euclidean") -> Tensor:
     """The ``k`` nearest patches of each patch among the patches of its sample's peers.
 
     Distances are Euclidean between flattened patches (``metric="cosine"``: between patches
     scaled to unit norm, which ranks as cosine similarity), in float32 (float64 for float64
-    input). Query patches are taken in blocks whose distances to all ``m * P`` peer patches
-    hold at most ``2**25`` values (128 MB in float32), so memory stays bounded whatever the
-    image size; there is no loop over samples.
+    input). The ranking uses ``|k|^2 - 2 q.k`` (the query's own norm does not change it), one
+    batched product per block of samples; blocks hold a few samples, so the distances (at
+    most ``2**22`` values) stay in cache and memory stays bounded whatever the image size;
+    there is no loop over patches.
 
     Args:
         x: ``(B, C, H, W)`` float batch (or features); only read.
@@ -123,20 +107,20 @@ def nearest_patches(x: Tensor, peers: Tensor, patch_size: int, k: int, *, metric
         if metric == "cosine":
             u = F.normalize(u, dim=-1)
         b, n, d = u.shape
-        norms, ones = u.square().sum(-1, keepdim=True), u.new_ones(b, n, 1)
-        query, keys = torch.cat([u, norms, ones], dim=2), torch.cat([-2.0 * u, ones, norms], dim=2)
+        query = torch.cat([u, u.new_ones(b, n, 1)], dim=2)  # [q, 1]
+        keys = torch.cat([-2.0 * u, u.square().sum(-1, keepdim=True)], dim=2)  # [-2 k, |k|^2]
         del u
         peers = peers.to(x.device)
         m = peers.shape[1]
-        step = max(1, _BLOCK // max(1, b * m * n))
-        group = max(1, _BLOCK // max(1, b * n * (d + 2)))
+        step = max(1, _BLOCK // max(1, m * n * max(n, d + 1)))
         parts = []
-        for start in range(0, n, step):
-            dist = _block_distances(query[:, start : start + step], keys, peers, group)
-            col = dist.topk(k, dim=-1, largest=False).indices  # (B, c, k) columns slot * P + j
-            rows = peers.gather(1, (col // n).reshape(b, -1)).view(col.shape)
-            parts.append(rows * n + col % n)
-        return torch.cat(parts, dim=1)
+        for start in range(0, b, step):
+            rows = peers[start : start + step]
+            cand = keys.index_select(0, rows.reshape(-1)).view(rows.shape[0], m * n, d + 1)
+            dist = torch.bmm(query[start : start + step], cand.transpose(1, 2))  # (g, P, m * P)
+            col = dist.topk(k, dim=-1, largest=False).indices  # columns slot * P + j
+            parts.append(rows.gather(1, (col // n).flatten(1)).view(col.shape) * n + col % n)
+        return torch.cat(parts)
 
 
 def interpolate_patches(x: Tensor, neighbours: Tensor, lam: Tensor, patch_size: int) -> Tensor:

@@ -134,18 +134,16 @@ class _Layout:
         return t[:, self.top : self.top + self.h, self.left : self.left + self.w]
 
 
-def _update(colour: Tensor, lay: _Layout, labels: Tensor, centres: Tensor) -> Tensor:
+def _update(feats: Tensor, labels: Tensor, centres: Tensor) -> Tensor:
     """Centres ``(B, F, K)`` moved to the mean (colour, position) of their pixels; empty
-    clusters stay put. Padding pixels weigh nothing."""
-    b, _, k = centres.shape
-    c = colour.shape[1]
-    flat = labels.reshape(b, 1, -1)
-    sums = torch.zeros_like(centres)
-    sums[:, :c].scatter_add_(2, flat.expand(b, c, -1), colour.flatten(2))
-    sums[:, c:].scatter_add_(2, flat.expand(b, 2, -1), lay.positions.flatten(2).expand(b, -1, -1))
-    bins = (flat[:, 0] + k * torch.arange(b, device=flat.device).view(b, 1)).flatten()
-    counts = torch.bincount(bins, weights=lay.valid.flatten().repeat(b), minlength=b * k).view(b, 1, k)
-    return torch.where(counts > 0, sums / counts.clamp_min(1.0), centres)
+    clusters stay put. ``feats`` ``(B, F + 1, N)`` holds each pixel's colour, position and
+    a last row of 1 (0 on padding, which so weighs nothing): one scatter-add gives the sums
+    and the counts."""
+    b, f, k = centres.shape
+    sums = centres.new_zeros(b, f + 1, k)
+    sums.scatter_add_(2, labels.reshape(b, 1, -1).expand(b, f + 1, -1), feats)
+    counts = sums[:, f:]
+    return torch.where(counts > 0, sums[:, :f] / counts.clamp_min(1.0), centres)
 
 
 def _assign(colour: Tensor, lay: _Layout, centres: Tensor, scale: float) -> Tensor:
@@ -226,8 +224,11 @@ def slic_labels(x: Tensor, n_segments: int, *, compactness: float = 10.0, iterat
     k = lay.gy * lay.gx
     labels = lay.cells.expand(b, -1, -1)
     centres = torch.zeros(b, colour.shape[1] + 2, k, dtype=torch.float32, device=x.device)
+    if iterations:
+        feats = torch.cat([colour, lay.positions.expand(b, -1, -1, -1), lay.valid.expand(b, -1, -1, -1)], dim=1)
+        feats = feats.flatten(2)  # (B, F + 1, nb * P): colour, position, 1 (0 on padding)
     for _ in range(iterations):
-        centres = _update(colour, lay, labels, centres)
+        centres = _update(feats, labels, centres)
         labels = _assign(colour, lay, centres, scale)
     labels = lay.image(labels).reshape(b, h * w)
     return _compact(labels, k).view(b, h, w)

@@ -322,7 +322,10 @@ class PixMix(MixMethod):
         work = x.to(torch.promote_types(x.dtype, torch.float32))
         px = self._to_pixels(work).clamp(0, 1)
         mixed = px.clone()
-        self._augment_into(mixed, px, params, 0, (params.ops[:, 0] >= 0).nonzero().squeeze(1))
+        slot, augmented = self._augmented(px, params)
+        start = (slot[:, 0] >= 0).nonzero().squeeze(1)
+        if start.numel():
+            mixed[start.to(px.device)] = augmented[slot[start, 0].to(px.device)]
         live = torch.arange(params.use_picture.shape[1]) < params.rounds.unsqueeze(1)  # (B, k)
         picture_rows, pictures = self._pictures(x, params, (live & params.use_picture).any(1))
         for i in range(live.shape[1]):
@@ -331,7 +334,9 @@ class PixMix(MixMethod):
                 break
             use = params.use_picture[rows, i]
             partner = torch.empty((rows.numel(),) + px.shape[1:], dtype=px.dtype, device=px.device)
-            self._augment_into(partner, px, params, i + 1, rows[~use], at=(~use).nonzero().squeeze(1))
+            copies = slot[rows[~use], i + 1]
+            if copies.numel():
+                partner[(~use).to(px.device)] = augmented[copies.to(px.device)]
             if bool(use.any()):
                 partner[use.to(px.device)] = pictures[picture_rows[rows[use]].to(px.device)]
             _round(mixed, partner, rows, params.multiply[:, i], params.coef[:, i])
@@ -340,14 +345,17 @@ class PixMix(MixMethod):
         out[kept] = work[kept]  # exact copies of the samples left alone
         return match_format(out.to(x.dtype), x)
 
-    def _augment_into(self, out: Tensor, px: Tensor, params: PixMixParams, col: int, rows: Tensor,
-                      at: Tensor | None = None) -> None:
-        """``out[at] = op(px[rows])`` with the ops of column ``col`` (``at`` defaults to ``rows``)."""
-        if rows.numel():
-            ops, magnitude = params.ops[rows, col], params.magnitude[rows, col]
-            at = rows if at is None else at
-            # clamped: warps may leave -1e-10s, which the multiplicative mixing's powers turn to NaN
-            out[at.to(px.device)] = apply_ops(px[rows.to(px.device)], ops, magnitude, self._ops).clamp_(0, 1)
+    def _augmented(self, px: Tensor, params: PixMixParams) -> tuple[Tensor, Tensor]:
+        """Every augmented copy of the batch, made in one batched call: ``(B, k + 1)`` int64
+        position of the copy of each (sample, column) with an op (-1 elsewhere), and the copies.
+        """
+        rows, cols = (params.ops >= 0).nonzero(as_tuple=True)
+        slot = torch.full(params.ops.shape, -1, dtype=torch.long)
+        slot[rows, cols] = torch.arange(rows.numel())
+        # clamped: warps may leave -1e-10s, which the multiplicative mixing's powers turn to NaN
+        copies = apply_ops(px, params.ops[rows, cols], params.magnitude[rows, cols], self._ops,
+                           source=rows.to(px.device)).clamp_(0, 1)
+        return slot, copies
 
     # ------------------------------------------------------------------- the picture set
     def _count(self) -> int:

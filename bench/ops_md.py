@@ -1,0 +1,172 @@
+"""Render ``docs/benchmarks/ops.md`` from the JSON file of ``bench/ops.py``.
+
+Usage:
+    python bench/ops_md.py [--json bench/results/ops.json] [--out docs/benchmarks/ops.md]
+
+``bench/ops.py`` calls :func:`render` itself at the end of a run; this script re-renders the
+page from a JSON file (e.g. after editing the text here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+PEERS = ("timm", "timm_pair", "kornia", "mixup")
+HEADS = {"timm": "timm", "timm_pair": "timm pair", "kornia": "kornia", "mixup": "mixup (PyPI)", "clone": "clone"}
+KEY = ("op", "size", "dtype", "mode", "pass", "device")
+CLOCKS = {
+    "wall": "of wall-clock time (`time.perf_counter`; CUDA rows synchronise before and after the call).",
+    "cpu": "of the process's CPU time (`time.process_time`, `--clock cpu`, one torch thread): time the process "
+    "was not running (preempted by other work on a busy machine) is not counted, so the figures are close to an "
+    "idle machine's one-thread wall time but leave out any waiting; the wall-clock medians are in the JSON "
+    "(`wall_median_ms`). CUDA rows always use wall-clock time.",
+}
+LIBS_TABLE = [
+    "| library | operations timed | mixes labels in the call | works in place |",
+    "|---|---|---|---|",
+    "| mixkit | every registered method (`method(x, y)`; mosaic with `placement=\"corner\"`) | yes: `MixTarget`, "
+    "made dense with `.soft()` inside the timed call | no (never mutates `x`) |",
+    "| timm `Mixup` | mixup, cutmix (`mixup_alpha`/`cutmix_alpha`, the other 0), modes batch, elem, pair | "
+    "yes: dense `(B, K)`, `label_smoothing=0` | **yes**: every mode writes into `x` (elem/pair keep a clone as "
+    "the source); timed on a fresh `x.clone()` per call, inside the timed call |",
+    "| kornia | `RandomMixUpV2`, `RandomCutMixV2` (`use_correct_lambda=True`), `RandomMosaic`; `p=1.0` | mixup, "
+    "cutmix: yes, `(B, 3)` rows `[y, y2, lambda]`; Mosaic: no labels | no |",
+    "| mixup (PyPI) | `VanillaMixUp`, `CutMix`, `ResizeMix`, `FMix`, `SaliencyMix`, `PuzzleMix` (heuristic "
+    "saliency); one lambda per batch | yes: dense, from one-hot float labels | no |",
+]
+
+
+def _index(rows: list[dict]) -> dict[tuple, dict[str, dict]]:
+    table: dict[tuple, dict[str, dict]] = {}
+    for r in rows:
+        table.setdefault(tuple(r[k] for k in KEY), {})[r["lib"]] = r
+    return table
+
+
+def _ms(r: dict | None) -> str:
+    if r is None:
+        return "-"
+    if r["status"] != "ok":
+        return r["status"]
+    m = r["median_ms"]
+    return f"{m:.2f}" if m < 10 else f"{m:.1f}" if m < 1000 else f"{m:.0f}"
+
+
+def _ratios(libs: dict[str, dict]) -> tuple[str, str]:
+    """mixkit / fastest peer, as measured (out of place) and counting timm without its clone."""
+    ok = {k: v["median_ms"] for k, v in libs.items() if v["status"] == "ok"}
+    peers = {k: v for k, v in ok.items() if k in PEERS}
+    if "mixkit" not in ok or not peers:
+        return "-", "-"
+    fmt = lambda r: f"**{r:.2f}**" if r > 1.0 else f"{r:.2f}"  # noqa: E731 - slower than a peer in bold
+    out_of_place = fmt(ok["mixkit"] / min(peers.values()))
+    if "clone" not in ok or not any(k.startswith("timm") for k in peers):
+        return out_of_place, "-"
+    in_place = {k: (v - ok["clone"] if k.startswith("timm") else v) for k, v in peers.items()}
+    return out_of_place, fmt(ok["mixkit"] / max(min(in_place.values()), 1e-9))
+
+
+def compared_table(rows: list[dict]) -> list[str]:
+    lines = [
+        "| operation | size | dtype | mode | pass | device | mixkit | " + " | ".join(HEADS[p] for p in PEERS)
+        + " | clone | mixkit / fastest peer | same, timm in place |",
+        "|---" * (10 + len(PEERS)) + "|",
+    ]
+    table = _index([r for r in rows if r.get("group") == "compared"])
+    first = {op: i for i, op in enumerate(dict.fromkeys(k[0] for k in table))}
+    order = lambda k: (first[k[0]], k[1], k[2] != "float32", k[2], k[3] != "batch", k[4] != "fwd", k[5])  # noqa: E731
+    for key, libs in sorted(table.items(), key=lambda item: order(item[0])):
+        op, size, dtype, mode, pass_, device = key
+        cells = [_ms(libs.get(lib)) for lib in ("mixkit",) + PEERS + ("clone",)]
+        ratio, ratio_in_place = _ratios(libs)
+        lines.append(f"| {op} | {size} | {dtype} | {mode} | {pass_} | {device} | " + " | ".join(cells)
+                     + f" | {ratio} | {ratio_in_place} |")
+    return lines
+
+
+def others_table(rows: list[dict]) -> list[str]:
+    rows = [r for r in rows if r.get("group") == "mixkit-only" and r["lib"] == "mixkit"]
+    if not rows:
+        return ["(none timed)"]
+    columns = sorted({(r["size"], r["dtype"], r["pass"], r["device"], r["mode"]) for r in rows})
+    cells = {(r["op"], (r["size"], r["dtype"], r["pass"], r["device"], r["mode"])): r for r in rows}
+    heads = [f"{s} {d} {p} {dev} {m}".replace(" float32", "").replace(" fwd ", " ").replace(" cpu", "")
+             for s, d, p, dev, m in columns]
+    lines = ["| method | " + " | ".join(heads) + " |", "|---" * (1 + len(columns)) + "|"]
+    for op in dict.fromkeys(r["op"] for r in rows):
+        lines.append(f"| `{op}` | " + " | ".join(_ms(cells.get((op, c))) for c in columns) + " |")
+    return lines
+
+
+def problems(rows: list[dict]) -> list[str]:
+    bad = [r for r in rows if r["status"] == "error"]
+    return [f"- {r['op']} {r['size']} {r['dtype']} {r['mode']} {r['pass']} {r['lib']}: {r['reason']}" for r in bad]
+
+
+def render(result: dict) -> str:
+    m, s = result["machine"], result["settings"]
+    versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v)
+    skipped = result.get("skipped_peers") or {}
+    lines = [
+        "# Operation times: mixkit and its peers, side by side",
+        "",
+        f"Measured {result['created']} on {m['cpu']} ({m['cores']} cores"
+        + (f", GPU {m['gpu']}" if m.get("gpu") else "") + f"), {m['platform']}, Python {m['python']}; "
+        f"torch threads {m['threads']} (OMP_NUM_THREADS={m.get('omp_num_threads')}). Versions: {versions}.",
+        f"Load average before {result['loadavg_before'][0]:.2f}, after {result['loadavg_after'][0]:.2f} "
+        f"(1 min); each row's own load is in the JSON. Run time {result['duration_s']:.0f} s.",
+        "",
+        "Reproduce (builds `.bench-venv` with the peers, then runs the benchmark): `make bench-ops`, i.e.",
+        "`sh scripts/bench-env.sh && .bench-venv/bin/python bench/ops.py`. This page came from:",
+        "; ".join(f"`{c}`" for c in result.get("commands", [result["command"]]))
+        + (" (runs merged with `--merge`; the protocol figures below are the last run's, each row's repeats "
+           "and time are in the JSON)." if len(result.get("commands", [])) > 1 else "."),
+        "",
+        f"Protocol: a batch of {s['batch']} images `torch.rand(B, 3, S, S)` (seed {s['seed']}) and integer labels "
+        "(10 classes at 32x32, 1000 at 224x224), identical for every library of a row. Each call mixes the images "
+        "and the labels. `batch` mode: one lambda (box, mask) per batch; `elem`: per sample. `fwd+bwd`: "
+        "`x.requires_grad_()`, then `out.sum().backward()` is inside the timed call. "
+        f"{s['warmup']} warm-up call(s), then up to {s['repeats']} timed calls per library (fewer, at least 3, "
+        f"where a row would exceed {s['budget']:g} s; 1 for a call slower than that), the libraries of a row "
+        "interleaved round-robin with a rotating order, so that drift of the machine cancels in the ratios. "
+        "Times are medians in milliseconds (interquartile ranges in `bench/results/ops.json`), "
+        + (CLOCKS[s.get("clock", "wall")]),
+        "",
+        "timm works in place: its timed call is `Mixup(x.clone(), y)`, the out-of-place equivalent of the "
+        "others; the `clone` column is `x.clone()` alone. *mixkit / fastest peer* compares with the peers as "
+        "timed (out of place); *same, timm in place* subtracts the clone from timm's time (what timm costs "
+        "when the caller lets it overwrite `x`). A ratio above 1 (bold) means mixkit is slower. `-`: the "
+        "library does not offer that operation/mode; `n/a`: not in mixkit, no gradient flows "
+        "(not differentiable), or a backward too slow to time (mixup's PuzzleMix above 64x64: one autograd "
+        "node per swapped block, each copying the whole gradient).",
+        "",
+        *LIBS_TABLE,
+        "",
+    ]
+    if skipped:
+        lines += ["Peers skipped in this run: " + "; ".join(f"{k} ({v})" for k, v in skipped.items()) + ".", ""]
+    lines += ["## Operations a peer also offers", "", *compared_table(result["rows"]), "",
+              "## Every other mixkit method (mixkit only)", "",
+              "Each method with its default hyper-parameters; methods that need a model (feature-level, "
+              "learnable) are timed as `sample` + `apply` on the input itself. Columns: size, dtype and pass "
+              "when not float32 forward, mode. `n/a`: a learnable method whose mask comes from the model and its "
+              "mixer network (its cost is in the training step).", "", *others_table(result["rows"]), ""]
+    bad = problems(result["rows"])
+    if bad:
+        lines += ["## Errors", "", *bad, ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--json", default="bench/results/ops.json")
+    ap.add_argument("--out", default="docs/benchmarks/ops.md")
+    args = ap.parse_args()
+    Path(args.out).write_text(render(json.loads(Path(args.json).read_text())))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
