@@ -48,7 +48,8 @@ def uniform(
     size: tuple[int, ...], low: float = 0.0, high: float = 1.0, *, generator: torch.Generator | None = None
 ) -> torch.Tensor:
     """Float64 draws from U[low, high)."""
-    return torch.rand(size, generator=generator, dtype=torch.float64) * (high - low) + low
+    draws = torch.rand(size, generator=generator, dtype=torch.float64)
+    return draws if (low, high) == (0.0, 1.0) else draws.mul_(high - low).add_(low)
 
 
 def randint(low: int, high: int, size: tuple[int, ...], *, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -70,9 +71,12 @@ def randperm(n: int, *, generator: torch.Generator | None = None) -> torch.Tenso
     return torch.randperm(n, generator=generator)
 
 
-def normal(size: tuple[int, ...], *, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Float64 standard normal draws."""
-    return torch.randn(size, generator=generator, dtype=torch.float64)
+def normal(
+    size: tuple[int, ...], *, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float64
+) -> torch.Tensor:
+    """Standard normal draws (float64 unless ``dtype`` says otherwise; float32 draws are
+    several times faster, for large noise fields)."""
+    return torch.randn(size, generator=generator, dtype=dtype)
 
 
 def poisson(rates: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -89,9 +93,15 @@ def numpy_generator(generator: torch.Generator | None = None) -> np.random.Gener
 def beta(
     size: tuple[int, ...], a: float, b: float, *, generator: torch.Generator | None = None
 ) -> torch.Tensor:
-    """Float64 draws from Beta(a, b)."""
+    """Float64 draws from Beta(a, b).
+
+    Beta(1, 1) is U(0, 1) and is drawn as such, from the torch generator (a tenth of the cost
+    of seeding a NumPy generator, which the other parameters need).
+    """
     if a <= 0 or b <= 0:
         raise HyperParameterError(f"Beta parameters must be > 0, got a={a}, b={b}")
+    if a == 1.0 and b == 1.0:
+        return uniform(size, generator=generator)
     draws = numpy_generator(generator).beta(a, b, size=size)
     return torch.from_numpy(np.asarray(draws, dtype=np.float64))
 

@@ -7,10 +7,12 @@ Follows Zhang et al., "mixup: Beyond Empirical Risk Minimization" (ICLR 2018) an
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
-__all__ = ["blend", "bc_plus_blend", "mask_blend", "select_by_mask", "match_format"]
+__all__ = ["blend", "bc_plus_blend", "mask_blend", "select_by_mask", "match_format", "memory_order", "gather_rows", "take_rows", "select_rows"]
 
 
 def match_format(out: Tensor, like: Tensor) -> Tensor:
@@ -19,6 +21,57 @@ def match_format(out: Tensor, like: Tensor) -> Tensor:
         if like.ndim == ndim and like.is_contiguous(memory_format=fmt) and not like.is_contiguous():
             return out.contiguous(memory_format=fmt)
     return out
+
+
+def memory_order(x: Tensor) -> tuple[int, ...] | None:
+    """The dim order in which ``x`` is laid out in memory, if it is not the logical one.
+
+    ``x.permute(order)`` is then a contiguous view (channels_last: ``(0, 2, 3, 1)``), on
+    which row gathers and element-wise kernels run at full speed; permuting the result back
+    gives a tensor in ``x``'s memory format. ``None`` for contiguous (or other) layouts.
+    """
+    if x.ndim in (4, 5) and not x.is_contiguous():
+        fmt = torch.channels_last if x.ndim == 4 else torch.channels_last_3d
+        if x.is_contiguous(memory_format=fmt):
+            return (0,) + tuple(range(2, x.ndim)) + (1,)
+    return None
+
+
+def to_memory(t: Tensor, order: tuple[int, ...] | None) -> Tensor:
+    """``t`` viewed in the dim order of :func:`memory_order` (``None``: as it is)."""
+    return t if order is None else t.permute(order)
+
+
+def from_memory(t: Tensor, order: tuple[int, ...] | None) -> Tensor:
+    """Undo :func:`to_memory`: back to the logical dim order (a view)."""
+    return t if order is None else t.permute((0, t.ndim - 1) + tuple(range(1, t.ndim - 1)))
+
+
+def gather_rows(x: Tensor, index: Tensor) -> Tensor:
+    """``x[index]`` along dim 0, gathered in ``x``'s memory order (keeps channels_last)."""
+    order = memory_order(x)
+    return from_memory(take_rows(to_memory(x, order), index), order)
+
+
+def take_rows(x: Tensor, index: Tensor) -> Tensor:
+    """``x.index_select(0, index)``; a contiguous ``x`` is gathered as ``(B, -1)`` rows, which
+    is a plain copy per row (the N-d kernel computes offsets per element and allocates)."""
+    index = index.to(x.device)
+    if x.ndim > 2 and x.is_contiguous():
+        return x.view(x.shape[0], -1).index_select(0, index).view((index.shape[0],) + x.shape[1:])
+    return x.index_select(0, index)
+
+
+def select_rows(rows: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """``a`` in the rows where ``rows (B,)`` is True, ``b`` elsewhere (a new tensor).
+
+    Floating-point tensors go through a ``lerp`` with a 0/1 weight per row (exact for finite
+    values, and several times faster than ``torch.where``); others through ``torch.where``.
+    """
+    rows = rows.to(a.device).view((-1,) + (1,) * (a.ndim - 1))
+    if a.is_floating_point() and a.dtype == b.dtype:
+        return torch.lerp(b, a, rows.to(a.dtype))
+    return torch.where(rows, a, b)
 
 
 def _per_row(lam: Tensor, like: Tensor) -> Tensor | float:
@@ -36,17 +89,20 @@ def blend(x: Tensor, index: Tensor, lam: Tensor) -> Tensor:
     """``lam * x + (1 - lam) * x[index]``, out of place.
 
     Half-precision inputs are blended in float32 (so a per-sample lambda is not rounded to
-    the input's precision) and cast back.
+    the input's precision) and cast back. Works in the input's memory order (one row gather
+    and one ``lerp``), so channels_last inputs give channels_last outputs without copies.
 
     Args:
         x: ``(B, ...)`` float tensor.
         index: ``(B,)`` partner rows.
         lam: ``(B,)`` weight of each row's own sample (exact at 0 and 1).
     """
-    work = x.float() if x.dtype in _HALF else x
-    partner = work.index_select(0, index.to(x.device))
-    out = torch.lerp(partner, work, _per_row(lam, work))
-    return match_format(out.to(x.dtype), x)
+    order = memory_order(x)
+    view = to_memory(x, order)
+    work = view.float() if x.dtype in _HALF else view
+    partner = take_rows(work, index)
+    out = _lerp_into(partner, work, _per_row(lam, work))
+    return match_format(from_memory(out.to(x.dtype), order), x)
 
 
 def bc_plus_blend(x: Tensor, index: Tensor, ratio: Tensor) -> Tensor:
@@ -63,7 +119,8 @@ def bc_plus_blend(x: Tensor, index: Tensor, ratio: Tensor) -> Tensor:
         ratio: ``(B,)`` label weight ``r`` of each row's own sample.
     """
     work = torch.promote_types(x.dtype, torch.float32)
-    g = x.flatten(1).to(work).std(dim=1, correction=0)
+    order = memory_order(x)
+    g = to_memory(x, order).reshape(x.shape[0], -1).to(work).std(dim=1, correction=0)
     g1, g2 = g, g.index_select(0, index.to(x.device))
     r = ratio.to(device=x.device, dtype=work)
     num, den = r * g2, r * g2 + (1 - r) * g1
@@ -72,9 +129,10 @@ def bc_plus_blend(x: Tensor, index: Tensor, ratio: Tensor) -> Tensor:
     p = torch.where(den > 0, num / den.clamp_min(torch.finfo(work).tiny), r)
     scale = 1.0 / torch.sqrt(p * p + (1 - p) * (1 - p))
     shape = (x.shape[0],) + (1,) * (x.ndim - 1)
-    partner = x.index_select(0, index.to(x.device))
-    out = torch.lerp(partner, x, p.to(x.dtype).view(shape)) * scale.to(x.dtype).view(shape)
-    return match_format(out, x)
+    view = to_memory(x, order)
+    partner = take_rows(view, index)
+    out = _lerp_into(partner, view, p.to(x.dtype).view(shape)).mul_(scale.to(x.dtype).view(shape))
+    return match_format(from_memory(out, order), x)
 
 
 def mask_blend(x: Tensor, index: Tensor, mask: Tensor) -> Tensor:
@@ -82,14 +140,53 @@ def mask_blend(x: Tensor, index: Tensor, mask: Tensor) -> Tensor:
 
     A boolean mask copies values (works on uint8); a float mask blends them.
     """
-    return select_by_mask(x, x.index_select(0, index.to(x.device)), mask)
+    order = memory_order(x)
+    view = to_memory(x, order)
+    partner = take_rows(view, index)
+    return match_format(from_memory(_select(view, partner, to_memory(mask, order), into=True), order), x)
 
 
 def select_by_mask(x: Tensor, partner: Tensor, mask: Tensor) -> Tensor:
     """``mask * x + (1 - mask) * partner``: a bool mask copies values, a float mask blends."""
+    order = memory_order(x)
+    out = _select(to_memory(x, order), to_memory(partner, order), to_memory(mask, order))
+    return match_format(from_memory(out, order), x)
+
+
+def _select(x: Tensor, partner: Tensor, mask: Tensor, *, into: bool = False) -> Tensor:
+    """:func:`select_by_mask` on tensors in the same dim order (the mask broadcasts).
+
+    Floating-point inputs go through one ``lerp`` (its weight 0 or 1 gives exactly ``partner``
+    or ``x`` for finite values, and it runs several times faster than ``torch.where``); a mask
+    broadcast along the innermost dim (channels_last's channels) is expanded first, as a
+    broadcast there defeats vectorisation. Integer inputs (bool masks) use ``torch.where``.
+    ``into=True`` says ``partner`` is a temporary of the caller's that may hold the result.
+    """
     mask = mask.to(x.device)
-    if mask.dtype == torch.bool:
-        out = torch.where(mask, x, partner)
-    else:
-        out = torch.lerp(partner, x, mask.to(x.dtype))
-    return match_format(out, x)
+    if mask.dtype == torch.bool and not x.is_floating_point():
+        return torch.where(mask, x, partner)
+    weight = mask.to(x.dtype)
+    if x.ndim and weight.ndim == x.ndim and weight.shape[-1] == 1 and x.shape[-1] > 1:
+        weight = weight.expand(weight.shape[:-1] + x.shape[-1:]).contiguous()
+    return _lerp_into(partner, x, weight) if into else torch.lerp(partner, x, weight)
+
+
+def _lerp_into(start: Tensor, end: Tensor, weight: Tensor | float) -> Tensor:
+    """``torch.lerp(start, end, weight)`` written into ``start`` (a temporary of the caller)
+    when autograd need not see it, saving an allocation; out of place otherwise."""
+    if torch.is_grad_enabled() and (
+        start.requires_grad or end.requires_grad or (isinstance(weight, Tensor) and weight.requires_grad)
+    ):
+        return torch.lerp(start, end, weight)
+    if not (broadcasts_to(end.shape, start.shape) and start.dtype == end.dtype) or (
+        isinstance(weight, Tensor) and not broadcasts_to(weight.shape, start.shape)
+    ):
+        return torch.lerp(start, end, weight)
+    return start.lerp_(end, weight)
+
+
+def broadcasts_to(shape: Sequence[int], target: Sequence[int]) -> bool:
+    """Whether a tensor of ``shape`` broadcasts to ``target`` without growing it."""
+    if len(shape) > len(target):
+        return False
+    return all(s == 1 or s == t for s, t in zip(reversed(shape), reversed(target)))

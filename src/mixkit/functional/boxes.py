@@ -17,9 +17,17 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mixkit import rng
-from mixkit.functional.blend import match_format
+from mixkit.functional.blend import (
+    broadcasts_to,
+    from_memory,
+    gather_rows,
+    match_format,
+    memory_order,
+    take_rows,
+    to_memory,
+)
 
-__all__ = ["sample_cut_boxes", "box_fraction", "box_mask", "paste_boxes", "paste_resized"]
+__all__ = ["sample_cut_boxes", "box_fraction", "box_mask", "box_weight", "paste_boxes", "paste_resized"]
 
 
 def sample_cut_boxes(lam: Tensor, spatial: Sequence[int], *, generator: torch.Generator | None = None) -> Tensor:
@@ -35,13 +43,10 @@ def sample_cut_boxes(lam: Tensor, spatial: Sequence[int], *, generator: torch.Ge
     """
     d = len(spatial)
     ratio = (1.0 - lam.to(torch.float64)).clamp(0, 1) ** (1.0 / d)
-    starts, ends = [], []
-    for size in spatial:
-        side = torch.floor(size * ratio).long()
-        centre = rng.randint(0, size, (lam.shape[0],), generator=generator)
-        starts.append((centre - side // 2).clamp(0, size))
-        ends.append((centre + side // 2).clamp(0, size))
-    return torch.stack(starts + ends, dim=1)
+    sizes = torch.tensor(list(spatial), dtype=torch.long)
+    half = torch.floor(ratio.unsqueeze(1) * sizes).long().div_(2, rounding_mode="floor")  # (N, d)
+    centre = torch.stack([rng.randint(0, size, (lam.shape[0],), generator=generator) for size in spatial], dim=1)
+    return torch.cat([(centre - half).clamp_(min=0), torch.minimum(centre + half, sizes)], dim=1)
 
 
 def box_fraction(boxes: Tensor, spatial: Sequence[int]) -> Tensor:
@@ -65,22 +70,85 @@ def box_mask(boxes: Tensor, spatial: Sequence[int], device: torch.device | str |
     return inside
 
 
-def _slices(box: Tensor, d: int) -> tuple[slice, ...]:
+def box_weight(
+    boxes: Tensor, shape: Sequence[int], dtype: torch.dtype, order: tuple[int, ...] | None = None,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """The boxes' indicator (1 inside) as a float weight, built from one profile per axis.
+
+    Args:
+        boxes: ``(N, 2 * d)`` boxes.
+        shape: the batch's shape ``(B, C, *spatial)``.
+        dtype: the weight's dtype.
+        order: ``None`` for ``(N, 1, *spatial)``; a :func:`~mixkit.functional.blend.memory_order`
+            to get the weight in that dim order, channels last included: ``(N, *spatial, C)``,
+            the last axis's profile repeated over the channels so that the product and the
+            blend run along contiguous memory.
+        device: where to build it.
+    """
+    d = len(shape) - 2
+    n, c, spatial = boxes.shape[0], shape[1], tuple(shape[2:])
+    boxes = boxes.to(device)
+    out = None
+    for k, size in enumerate(spatial):
+        pos = torch.arange(size, device=boxes.device)
+        hit = ((pos >= boxes[:, k : k + 1]) & (pos < boxes[:, d + k : d + k + 1])).to(dtype)  # (N, size)
+        if order is None:
+            hit = hit.view((n, 1) + (1,) * k + (size,) + (1,) * (d - k - 1))
+        elif k == d - 1:
+            hit = hit.unsqueeze(2).expand(n, size, c).contiguous().view((n,) + (1,) * k + (size, c))
+        else:
+            hit = hit.view((n,) + (1,) * k + (size,) + (1,) * (d - k))
+        out = hit if out is None else out * hit
+    assert out is not None
+    return out
+
+
+def _slices(box: Tensor, d: int, order: tuple[int, ...] | None = None) -> tuple[slice, ...]:
+    """Index of the box's region in ``x`` (``order``: in its :func:`memory_order` view)."""
     b = box.tolist()
-    return (slice(None), slice(None)) + tuple(slice(b[k], b[d + k]) for k in range(d))
+    spatial = tuple(slice(b[k], b[d + k]) for k in range(d))
+    return (slice(None), slice(None)) + spatial if order is None else (slice(None),) + spatial + (slice(None),)
 
 
 def paste_boxes(x: Tensor, index: Tensor, boxes: Tensor) -> Tensor:
-    """Copy ``x[index]`` into ``x`` inside ``boxes``, out of place (any dtype, uint8 included)."""
+    """Copy ``x[index]`` into ``x`` inside ``boxes``, out of place (any dtype, uint8 included).
+
+    One box for the batch: a copy of ``x`` and one gather of the partners' region; one box per
+    sample: the partners gathered, then ``x`` written back outside the boxes in one pass (a
+    ``lerp`` whose 0/1 weight is built from per-axis profiles; ``torch.where`` for integer
+    images). Works in the input's memory order, so channels_last stays channels_last.
+    """
     d = x.ndim - 2
     index = index.to(x.device)
+    order = memory_order(x)
+    view = to_memory(x, order)
     if boxes.shape[0] == 1:
-        out = x.clone()
-        region = _slices(boxes[0], d)
-        out[region] = x[region].index_select(0, index)
-        return out
-    mask = box_mask(boxes, x.shape[2:], x.device)
-    return match_format(torch.where(mask, x.index_select(0, index), x), x)
+        out = view.clone()
+        region = _slices(boxes[0], d, order)
+        out[region] = view[region].index_select(0, index)
+        return match_format(from_memory(out, order), x)
+    partner = take_rows(view, index)
+    return match_format(from_memory(_paste_into(view, partner, boxes, order), order), x)
+
+
+def _paste_into(view: Tensor, patch: Tensor, boxes: Tensor, order: tuple[int, ...] | None) -> Tensor:
+    """``patch`` inside the boxes, ``view`` elsewhere (both in memory order; ``patch`` may be reused)."""
+    shape = from_memory(view, order).shape
+    if not view.is_floating_point():
+        keep = to_memory(~box_mask(boxes, shape[2:], view.device), order)
+        return torch.where(keep, view, patch)
+    inside = box_weight(boxes, shape, view.dtype, order, view.device)
+    return _lerp_end(view, patch, inside)
+
+
+def _lerp_end(start: Tensor, end: Tensor, weight: Tensor) -> Tensor:
+    """``torch.lerp(start, end, weight)``, written into ``end`` (a temporary) when allowed."""
+    if torch.is_grad_enabled() and (start.requires_grad or end.requires_grad or weight.requires_grad):
+        return torch.lerp(start, end, weight)
+    if not (broadcasts_to(start.shape, end.shape) and broadcasts_to(weight.shape, end.shape)) or start.dtype != end.dtype:
+        return torch.lerp(start, end, weight)
+    return torch.lerp(start, end, weight, out=end)
 
 
 def _interp_mode(d: int) -> str:
@@ -101,8 +169,9 @@ def _cast_back(y: Tensor, like: Tensor) -> Tensor:
 def paste_resized(x: Tensor, index: Tensor, boxes: Tensor) -> Tensor:
     """Shrink each partner ``x[index]`` to its box (linear interpolation) and paste it there.
 
-    One box for the batch resizes with ``F.interpolate``; one box per sample samples the
-    same points with ``F.grid_sample`` in one batched call (equal up to rounding).
+    One box for the batch resizes the batch with ``F.interpolate`` and gathers the partners'
+    thumbnails; one box per sample samples the same points with ``F.grid_sample`` in one
+    batched call (equal up to rounding).
     """
     d = x.ndim - 2
     index = index.to(x.device)
@@ -112,38 +181,44 @@ def paste_resized(x: Tensor, index: Tensor, boxes: Tensor) -> Tensor:
         sides = [s.stop - s.start for s in region[2:]]
         if min(sides) <= 0:
             return x.clone()
-        src = x.index_select(0, index).to(work)
-        small = F.interpolate(src, size=sides, mode=_interp_mode(d), align_corners=False)
+        small = F.interpolate(x.to(work), size=sides, mode=_interp_mode(d), align_corners=False)
         out = x.clone()
-        out[region] = _cast_back(small, x)
+        out[region] = _cast_back(gather_rows(small, index), x)
         return out
     return _paste_resized_each(x, index, boxes, work)
 
 
-def _paste_resized_each(x: Tensor, index: Tensor, boxes: Tensor, work: torch.dtype) -> Tensor:
-    spatial = x.shape[2:]
+def _resize_grid(boxes: Tensor, spatial: Sequence[int], work: torch.dtype, device: torch.device) -> Tensor:
+    """``(B, *spatial, d)`` grid_sample coordinates: each box's pixels read its whole source."""
     d = len(spatial)
-    boxes_dev = boxes.to(device=x.device)
+    boxes = boxes.to(device=device)
     coords = []  # per dim: (B, size) normalised source coordinates for grid_sample
     for k, size in enumerate(spatial):
-        start = boxes_dev[:, k : k + 1].to(work)
-        side = (boxes_dev[:, d + k : d + k + 1] - boxes_dev[:, k : k + 1]).clamp_min(1).to(work)
-        pos = torch.arange(size, device=x.device, dtype=work)
+        start = boxes[:, k : k + 1].to(work)
+        side = (boxes[:, d + k : d + k + 1] - boxes[:, k : k + 1]).clamp_min(1).to(work)
+        pos = torch.arange(size, device=device, dtype=work)
         src = ((pos - start + 0.5) * (size / side) - 0.5).clamp_min(0)  # interpolate's rule
         coords.append((2 * src + 1) / size - 1)
-    src = x.index_select(0, index).to(work)
     if d == 1:  # grid_sample has no 1-D form: use a 2-D image of height 1
-        src, coords = src.unsqueeze(2), [torch.zeros_like(coords[0][:, :1])] + coords
-    b = x.shape[0]
-    sizes = [c.shape[1] for c in coords]
+        coords = [torch.zeros_like(coords[0][:, :1])] + coords
+    b, sizes = boxes.shape[0], [c.shape[1] for c in coords]
     axes = []
     for k, c in enumerate(coords):
         shape = [b] + [1] * len(coords)
         shape[k + 1] = sizes[k]
         axes.append(c.view(shape).expand([b] + sizes))
-    grid = torch.stack(axes[::-1], dim=-1)  # grid_sample wants (x, y[, z]) order
+    return torch.stack(axes[::-1], dim=-1)  # grid_sample wants (x, y[, z]) order
+
+
+def _paste_resized_each(x: Tensor, index: Tensor, boxes: Tensor, work: torch.dtype) -> Tensor:
+    spatial = x.shape[2:]
+    src = gather_rows(x, index).to(work)
+    if len(spatial) == 1:
+        src = src.unsqueeze(2)
+    grid = _resize_grid(boxes, spatial, work, x.device)
     sampled = F.grid_sample(src, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    if d == 1:
+    if len(spatial) == 1:
         sampled = sampled.squeeze(2)
-    mask = box_mask(boxes, spatial, x.device)
-    return match_format(torch.where(mask, _cast_back(sampled, x), x), x)
+    sampled = match_format(_cast_back(sampled, x), x)
+    order = memory_order(x)
+    return match_format(from_memory(_paste_into(to_memory(x, order), to_memory(sampled, order), boxes, order), order), x)

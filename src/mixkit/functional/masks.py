@@ -25,8 +25,17 @@ from torch import Tensor, nn
 
 from mixkit import rng
 from mixkit.errors import ModelError, ShapeError
-from mixkit.functional.blend import blend, match_format
-from mixkit.functional.boxes import box_mask
+from mixkit.functional.blend import (
+    _lerp_into,
+    blend,
+    from_memory,
+    match_format,
+    memory_order,
+    select_rows,
+    take_rows,
+    to_memory,
+)
+from mixkit.functional.boxes import _slices, box_mask, box_weight
 
 __all__ = [
     "gaussian_blob",
@@ -139,6 +148,9 @@ def grid_cell_mask(cells: Tensor, spatial: Sequence[int]) -> Tensor:
 def hybrid_blend(x: Tensor, index: Tensor, boxes: Tensor, outside: Tensor) -> Tensor:
     """HMix: ``x[index]`` inside ``boxes``; ``outside * x + (1 - outside) * x[index]`` elsewhere.
 
+    One box per sample is one ``lerp`` whose weight is ``outside`` off the box and 0 on it
+    (half inputs blended in float32, as :func:`~mixkit.functional.blend`).
+
     Args:
         x: ``(B, C, *spatial)`` float tensor.
         index: ``(B,)`` partner rows.
@@ -147,20 +159,26 @@ def hybrid_blend(x: Tensor, index: Tensor, boxes: Tensor, outside: Tensor) -> Te
     """
     d = x.ndim - 2
     index = index.to(x.device)
-    out = blend(x, index, outside)  # a new tensor
+    order = memory_order(x)
+    view = to_memory(x, order)
     if boxes.shape[0] == 1:
-        b = boxes[0].tolist()
-        region = (slice(None), slice(None)) + tuple(slice(b[k], b[d + k]) for k in range(d))
-        out[region] = x[region].index_select(0, index)
-        return out
-    inside = box_mask(boxes, x.shape[2:], x.device)
-    return match_format(torch.where(inside, x.index_select(0, index), out), x)
+        out = to_memory(blend(x, index, outside), order)  # a new tensor
+        region = _slices(boxes[0], d, order)
+        out[region] = view[region].index_select(0, index)
+        return match_format(from_memory(out, order), x)
+    work = torch.float32 if x.dtype in _HALF else x.dtype
+    off_box = 1.0 - box_weight(boxes, x.shape, work, order, x.device)
+    weight = off_box * outside.to(device=x.device, dtype=work).view((-1,) + (1,) * (x.ndim - 1))
+    partner = take_rows(view, index).to(work)
+    out = _lerp_into(partner, view.to(work), weight)
+    return match_format(from_memory(out.to(x.dtype), order), x)
 
 
 def _squeeze(x: Tensor, dim: int, size: int) -> Tensor:
     """Shrink axis ``dim`` of ``x`` to ``size`` by area averaging (adaptive average pooling)."""
     if x.shape[dim] == 2 * size:  # the common case: means of pixel pairs, the same numbers
-        return x.unflatten(dim, (size, 2)).mean(dim + 1)
+        pairs = x.unflatten(dim, (size, 2))  # (a + b) * 0.5 is the mean of two, bit for bit
+        return torch.add(pairs.select(dim + 1, 0), pairs.select(dim + 1, 1)).mul_(0.5)
     d = x.ndim - 2
     out_size = list(x.shape[2:])
     out_size[dim - 2] = size
@@ -196,8 +214,7 @@ def stack_pair(x: Tensor, index: Tensor, axis: Tensor) -> Tensor:
         stacked = stacked.to(x.dtype)
         if bool((axis == k).all()):
             return match_format(stacked, x)
-        rows = (axis == k).to(x.device).view((-1,) + (1,) * (x.ndim - 1))
-        out = torch.where(rows, stacked, x if out is None else out)
+        out = select_rows(axis == k, match_format(stacked, x), x if out is None else out)
     return match_format(x.clone() if out is None else out, x)
 
 

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from mixkit import rng
-from mixkit.functional.blend import mask_blend, select_by_mask
+from mixkit.functional.blend import gather_rows, mask_blend, select_by_mask
 
 __all__ = ["MIXED_EXAMPLE_VARIANTS", "BLENDING_VARIANTS", "sample_mixed_example", "shifted_mask_mix"]
 
@@ -73,6 +73,8 @@ def _col(v: Tensor) -> Tensor:
 
 def _share(mask: Tensor) -> Tensor:
     """``(N,)`` float64: the share of each mask that keeps the sample."""
+    if mask.dtype == torch.bool:  # an exact count, without copying an expanded mask
+        return mask.sum(dim=tuple(range(1, mask.ndim)), dtype=torch.float64) / mask[0].numel()
     return mask.flatten(1).to(torch.float64).mean(dim=1)
 
 
@@ -257,7 +259,7 @@ def shifted_mask_mix(
     """
     if rows is None and cols is None:
         return mask_blend(x, index, mask)
-    partner = x.index_select(0, index.to(x.device))
+    partner = gather_rows(x, index)
     b, c, h, w = x.shape
     if rows is not None:
         rows = rows.to(x.device).view(-1, 1, h, 1).expand(b, c, h, w)

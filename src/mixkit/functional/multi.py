@@ -26,7 +26,14 @@ from torch import Tensor
 
 from mixkit import rng
 from mixkit.errors import ShapeError
-from mixkit.functional.boxes import box_mask
+from mixkit.functional.blend import (
+    from_memory,
+    gather_rows,
+    match_format,
+    memory_order,
+    to_memory,
+)
+from mixkit.functional.boxes import _slices, box_mask
 
 __all__ = [
     "chain_sources",
@@ -122,12 +129,14 @@ def tile_quadrants(x: Tensor, sources: Tensor, centre: Tensor, offsets: Tensor) 
     cells = quadrant_cells(centre, spatial)
     sources = sources.to(x.device)
     if centre.shape[0] == 1:
-        out = torch.empty_like(x)
+        order = memory_order(x)
+        view = to_memory(x, order)
+        out = torch.empty_like(view)
         for k, (t, l, b, r) in enumerate(cells[0].tolist()):
             sy, sx = offsets[0, k].tolist()
-            crop = x[:, :, sy : sy + b - t, sx : sx + r - l]
-            out[:, :, t:b, l:r] = crop.index_select(0, sources[:, k])
-        return out
+            src = _window(sy, sy + b - t, sx, sx + r - l, order)
+            out[_window(t, b, l, r, order)] = view[src].index_select(0, sources[:, k])
+        return match_format(from_memory(out, order), x)
     dev = x.device
     h, w = spatial
     shift = offsets.to(dev) - cells[..., :2].to(dev)  # (B, 4, 2) source corner - destination corner
@@ -141,8 +150,20 @@ def tile_quadrants(x: Tensor, sources: Tensor, centre: Tensor, offsets: Tensor) 
     return _gather_pixels(x, flat.view(-1))
 
 
+def _window(top: int, bottom: int, left: int, right: int, order: tuple[int, ...] | None) -> tuple[slice, ...]:
+    """Index of rows ``[top, bottom)`` and columns ``[left, right)`` of a 2-D batch (or its
+    channels-last view)."""
+    rows, cols = slice(top, bottom), slice(left, right)
+    return (slice(None), slice(None), rows, cols) if order is None else (slice(None), rows, cols, slice(None))
+
+
 def _gather_pixels(x: Tensor, flat: Tensor) -> Tensor:
     """``out[b, c, p] = x.flatten(2)[r, c, q]`` where ``flat[b * P + p] = r * P + q`` (P positions)."""
+    order = memory_order(x)
+    if order is not None:  # channels last: a pixel's channels are one contiguous row
+        view = to_memory(x, order)
+        rows = view.reshape(-1, x.shape[1]).index_select(0, flat)
+        return match_format(from_memory(rows.view(view.shape), order), x)
     out = torch.empty_like(x)  # keeps x's memory format
     if x.shape[1] <= 8:  # images: one gather per channel plane, each over the whole batch
         for c in range(x.shape[1]):
@@ -243,11 +264,13 @@ def paste_nested(x: Tensor, sources: Tensor, boxes: Tensor) -> Tensor:
     d = x.ndim - 2
     sources = sources.to(x.device)
     if boxes.shape[0] == 1:
-        out = x.clone()
-        for j, box in enumerate(boxes[0].tolist()):
-            region = (slice(None), slice(None)) + tuple(slice(box[i], box[d + i]) for i in range(d))
-            out[region] = x[region].index_select(0, sources[:, j + 1])
-        return out
+        order = memory_order(x)
+        view = to_memory(x, order)
+        out = view.clone()
+        for j in range(boxes.shape[1]):
+            region = _slices(boxes[0, j], d, order)
+            out[region] = view[region].index_select(0, sources[:, j + 1])
+        return match_format(from_memory(out, order), x)
     spatial = tuple(x.shape[2:])
     start = sources * math.prod(spatial)  # (B, K) flat offset of each source
     flat = start[:, :1].view((-1,) + (1,) * d).repeat((1,) + spatial)
@@ -284,7 +307,7 @@ def paste_thumbnails(x: Tensor, index: Tensor, boxes: Tensor) -> Tensor:
     else:
         info = torch.iinfo(x.dtype)
         thumbs = thumbs.round_().clamp_(info.min, info.max).to(x.dtype)
-    thumbs = thumbs.index_select(0, index.to(x.device))
+    thumbs = gather_rows(thumbs, index)
     out = x.clone()
     if boxes.shape[0] == 1:
         out[(slice(None), slice(None)) + tuple(slice(a, a + s) for a, s in zip(boxes[0, :d].tolist(), size))] = thumbs
@@ -331,18 +354,19 @@ def linear_assignment(cost: np.ndarray) -> np.ndarray:
         used = np.zeros((problems, n + 1), dtype=bool)
         active = np.ones(problems, dtype=bool)
         while active.any():
-            used[ar[active], j0[active]] = True
+            used[ar, j0] |= active
             i0 = match[ar, j0]
             cur = cost[ar, i0 - 1, :] - u[ar, i0][:, None] - v[:, 1:]
             free = ~used[:, 1:] & active[:, None]
             better = free & (cur < minv[:, 1:])
-            minv[:, 1:] = np.where(better, cur, minv[:, 1:])
-            way[:, 1:] = np.where(better, j0[:, None], way[:, 1:])
+            np.copyto(minv[:, 1:], cur, where=better)
+            np.copyto(way[:, 1:], j0[:, None], where=better)
             masked = np.where(free, minv[:, 1:], np.inf)
             j1 = masked.argmin(axis=1) + 1
             delta = np.where(active, masked[ar, j1 - 1], 0.0)
             step = np.where(used & active[:, None], delta[:, None], 0.0)
-            np.add.at(u, (np.repeat(ar, n + 1), match.ravel()), step.ravel())
+            # the used columns' rows are distinct (unused ones add 0), so no accumulation is lost
+            u[ar[:, None], match] += step
             v -= step
             minv[:, 1:] -= np.where(free, delta[:, None], 0.0)
             j0 = np.where(active, j1, j0)

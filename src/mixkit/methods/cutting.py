@@ -24,7 +24,7 @@ from mixkit.base import MixMethod
 from mixkit.errors import DTypeError, HyperParameterError
 from mixkit.functional.blend import mask_blend
 from mixkit.functional.boxes import box_fraction, paste_boxes, paste_resized, sample_cut_boxes
-from mixkit.functional.fourier import binarise_mask, fourier_noise
+from mixkit.functional.fourier import binarise_mask, fmix_counts, fourier_noise, top_count_mask
 from mixkit.registry import register
 from mixkit.types import BoxParams, MaskParams, ResizeParams
 from mixkit.validation import check_alpha, check_range
@@ -36,6 +36,8 @@ _SPATIAL = (1, 2, 3)
 
 def _empty_inactive(boxes: Tensor, active: Tensor) -> Tensor:
     """Collapse the boxes of inactive samples to nothing (end = start)."""
+    if bool(active.all()):
+        return boxes
     d = boxes.shape[1] // 2
     ends = torch.where(active.unsqueeze(1), boxes[:, d:], boxes[:, :d])
     return torch.cat([boxes[:, :d], ends], dim=1)
@@ -247,14 +249,26 @@ class FMix(MixMethod):
         n = 1 if self.mode == "batch" else b
         a = self.alpha + 1.0 if self.reformulate else self.alpha
         lam = rng.beta((n,), a, self.alpha, generator=generator)
-        noise = fourier_noise(n, spatial, self.decay_power, generator=generator)
-        mask = binarise_mask(noise, lam, max_soft=self.max_soft, generator=generator)
-        active = self._active(b, generator)
-        rows = _mask_rows(active, self.mode).view((n,) + (1,) * len(spatial))
-        mask = torch.where(rows, mask, 1.0).unsqueeze(1)
-        kept = mask.flatten(1).mean(dim=1).expand(b).clone()
-        mask = mask.bool() if self.max_soft == 0 else mask.float()
-        return MaskParams(index=self._partner(index, active), lam=kept, mask=mask)
+        # float32 noise: the reference construction up to rounding, three times faster
+        noise = fourier_noise(
+            n, spatial, self.decay_power, generator=generator, dtype=torch.float32, normalise=self.max_soft > 0
+        )  # only the ranking of a hard mask's pixels matters: no normalisation
+        shape = (n,) + (1,) * len(spatial)
+        if self.max_soft > 0:
+            mask = binarise_mask(noise, lam, max_soft=self.max_soft, generator=generator)
+            active = self._active(b, generator)
+            rows = _mask_rows(active, self.mode)
+            mask = torch.where(rows.view(shape), mask, 1.0).unsqueeze(1).float()
+            kept = mask.flatten(1).mean(dim=1, dtype=torch.float64)
+        else:  # a hard mask: the top pixels as bool; its mean is known exactly from the counts
+            total = noise[0].numel()
+            num = fmix_counts(lam, total, generator=generator)
+            mask = top_count_mask(noise.view(n, total), num).view(noise.shape)
+            active = self._active(b, generator)
+            rows = _mask_rows(active, self.mode)
+            mask = (mask | ~rows.view(shape)).unsqueeze(1)
+            kept = torch.where(rows, num.to(torch.float64) / total, 1.0)
+        return MaskParams(index=self._partner(index, active), lam=kept.expand(b).clone(), mask=mask)
 
     def _mix(self, x: Tensor, params: MaskParams) -> Tensor:
         return mask_blend(x, params.index, params.mask)

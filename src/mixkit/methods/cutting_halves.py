@@ -21,7 +21,7 @@ from torch import Tensor
 from mixkit import rng
 from mixkit.base import MixMethod
 from mixkit.errors import HyperParameterError, ShapeError
-from mixkit.functional.blend import match_format
+from mixkit.functional.blend import match_format, select_rows
 from mixkit.functional.masks import (
     stack_pair,
 )
@@ -250,7 +250,7 @@ class YOCO(MixMethod):
         if bool(flips.all()):
             h = h.flip(-1)
         elif bool(flips.any()):
-            h = torch.where(flips.to(h.device).view((-1,) + (1,) * (h.ndim - 1)), h.flip(-1), h)
+            h = select_rows(flips, h.flip(-1), h)
         if self.augment is not None:
             h = self.augment(h)
         if inner is not None:
@@ -266,5 +266,5 @@ class YOCO(MixMethod):
         inner = params.inner or (None, None)
         out = torch.cat([self._half(h, params.flips[:, k], inner[k]) for k, h in enumerate(halves)], dim=params.dim)
         if not bool(params.active.all()):
-            out = torch.where(params.active.to(x.device).view((-1,) + (1,) * (x.ndim - 1)), out, x)
+            out = select_rows(params.active, out, x)
         return match_format(out, x)

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from mixkit import rng
 from mixkit.base import MixMethod
-from mixkit.functional.blend import blend
+from mixkit.functional.blend import blend, memory_order, take_rows, to_memory
 from mixkit.registry import register
 from mixkit.types import BlendParams, MixOutput, MixTarget, Params
 from mixkit.validation import check_alpha, check_choice, check_range
@@ -26,8 +26,10 @@ __all__ = ["LocalMixup", "SamplePairing", "PairingParams", "pair_distances", "di
 
 
 def _flat(x: Tensor) -> Tensor:
-    """``(B, D)`` in at least float32 (half inputs are measured in float32)."""
-    return x.flatten(1).to(torch.promote_types(x.dtype, torch.float32))
+    """``(B, D)`` in at least float32 (half inputs are measured in float32), the values in
+    ``x``'s memory order (a view of a channels_last batch, not a copy: distances do not
+    depend on the order)."""
+    return to_memory(x, memory_order(x)).reshape(x.shape[0], -1).to(torch.promote_types(x.dtype, torch.float32))
 
 
 def pair_distances(x: Tensor, index: Tensor) -> Tensor:
@@ -38,7 +40,7 @@ def pair_distances(x: Tensor, index: Tensor) -> Tensor:
         index: ``(B,)`` partner rows.
     """
     flat = _flat(x)
-    diff = flat - flat.index_select(0, index.to(x.device))
+    diff = take_rows(flat, index).sub_(flat)  # the sign does not change the norm
     return torch.linalg.vector_norm(diff, dim=1).to("cpu", torch.float64)
 
 

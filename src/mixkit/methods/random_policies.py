@@ -19,6 +19,7 @@ from torch import Tensor
 
 from mixkit.base import MixMethod
 from mixkit.errors import HyperParameterError
+from mixkit.functional.blend import select_rows
 from mixkit.registry import create, method_info, register
 from mixkit.types import MixTarget, Params
 
@@ -139,8 +140,10 @@ class RandomChoice(MixMethod):
             if inner is None:
                 continue
             mixed = method.apply(x, inner)
-            rows = (params.choice == k).to(x.device).view((-1,) + (1,) * (x.ndim - 1))
-            out = torch.where(rows, mixed, x if out is None else out)
+            rows = params.choice == k
+            if bool(rows.all()):
+                return mixed
+            out = select_rows(rows, mixed, x if out is None else out)
         return x.clone() if out is None else out
 
     def target(self, y: Tensor, params: ChoiceParams) -> MixTarget:
