@@ -7,7 +7,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.mixkit-installed
 
-.PHONY: demo test data bench-times bench-ops docs clean
+.PHONY: demo test data bench-times bench-ops bench-overhead docs clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,12 @@ bench-times: $(STAMP)
 bench-ops:
 	sh scripts/bench-env.sh
 	.bench-venv/bin/python bench/ops.py $(BENCH_OPS_ARGS)
+
+# each method's mixing time as a share of a ResNet-20 / PreAct-18 step, and mixkit train vs a bare
+# loop (docs/benchmarks/overhead.md); about 2 hours at one thread
+bench-overhead: $(STAMP)
+	$(BIN)/python bench/overhead.py
+	$(BIN)/python bench/harness_overhead.py
 
 docs: $(STAMP)
 	$(BIN)/mixkit list --markdown > docs/methods.md
