@@ -31,7 +31,7 @@ from mixkit.losses import mixup_cross_entropy
 from mixkit.methods.automix import UPSAMPLE_MODES, init_mixer_weights, upsample
 from mixkit.methods.multi import MultiParams
 from mixkit.registry import register
-from mixkit.types import MixTarget, ModelMixOutput, Params, StepOutput
+from mixkit.types import MixTarget, Params, StepOutput
 from mixkit.validation import (
     check_choice,
     check_params,
@@ -370,18 +370,6 @@ class AdAutoMix(LearnableMixMethod):
         return MixTarget(y, params.sources.to(y.device), params.weights.to(device=y.device, dtype=dtype), self.num_classes)
 
     # --------------------------------------------------------------------------- calling
-    def __call__(  # type: ignore[override]
-        self, x: Tensor, y: Tensor, *, model: nn.Module, generator: torch.Generator | None = None
-    ) -> ModelMixOutput:
-        """Mix with the current generator (no training) and run ``model`` on the mixed batch."""
-        rng.check_generator(generator)
-        self.check(x, y)
-        self._build(model, x, generator)
-        self._sync_mode(model)
-        params = self.mask_params(x, self.sample(x, y, generator=generator))
-        logits = model(self._mix(x, params))
-        return ModelMixOutput(logits, self.target(y, params), params)  # type: ignore[arg-type]
-
     @torch.no_grad()
     def _teacher(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """One EMA forward of the clean batch: the ``stage`` features and the logits."""
