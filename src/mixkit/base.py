@@ -111,7 +111,7 @@ class MixMethod:
         rng.check_generator(generator)
         self.check(x, y)
         params = self.sample(x, y, generator=generator)
-        unchanged = self.identity_at_full_lambda and bool(params.lam.eq(1).all())
+        unchanged = self.identity_at_full_lambda and params.lam_value == 1.0
         mixed = x.clone() if unchanged else self._mix(x, params)
         return MixOutput(mixed, self.target(y, params), params)
 
@@ -218,6 +218,8 @@ class MixMethod:
     @staticmethod
     def _partner(index: Tensor, active: Tensor) -> Tensor:
         """Partner rows, with inactive samples paired with themselves."""
+        if bool(active.all()):
+            return index
         return torch.where(active, index, torch.arange(index.shape[0]))
 
     def _per_sample(self, b: int, draw: Callable[[tuple[int, ...]], Tensor]) -> Tensor:

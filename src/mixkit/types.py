@@ -12,6 +12,7 @@ Conventions (they hold everywhere in mixkit):
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import torch
@@ -37,6 +38,12 @@ def _weight_dtype(labels: Tensor) -> torch.dtype:
     if labels.is_floating_point() and labels.dtype == torch.float64:
         return torch.float64
     return torch.float32
+
+
+@functools.lru_cache(maxsize=16)
+def _arange(n: int, device: torch.device) -> Tensor:
+    """``arange(n)`` shared between calls (read only: it is only ever copied from)."""
+    return torch.arange(n, device=device)
 
 
 @dataclass(frozen=True, eq=False)
@@ -79,7 +86,7 @@ class MixTarget:
         """A two-source target: row ``b`` is ``lam[b] * y[b] + (1 - lam[b]) * y[index[b]]``."""
         dev = labels.device
         b = labels.shape[0]
-        own = torch.arange(b, device=dev)
+        own = _arange(b, dev)
         lam = lam.to(device=dev, dtype=_weight_dtype(labels))
         idx = torch.stack([own, index.to(dev)], dim=1)
         weight = torch.stack([lam, 1.0 - lam], dim=1)
@@ -153,6 +160,19 @@ class Params:
     @property
     def batch_size(self) -> int:
         return self.index.shape[0]
+
+    @functools.cached_property
+    def lam_value(self) -> float | None:
+        """The common lambda of every sample as a float, ``None`` if they differ."""
+        from mixkit.functional.blend import uniform_value
+
+        return uniform_value(self.lam)
+
+    def with_lam_value(self, value: float) -> Params:
+        """Record that every entry of ``lam`` equals ``value`` (a method that drew one lambda
+        for the batch knows it; :attr:`lam_value` then needs no reduction). Returns self."""
+        self.__dict__["lam_value"] = value
+        return self
 
 
 @dataclass(frozen=True, eq=False, kw_only=True)

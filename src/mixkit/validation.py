@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Sequence
 
 import torch
@@ -83,10 +84,25 @@ def check_label_range(y: Tensor, num_classes: int | None, *, name: str = "y") ->
     """Integer labels must lie in ``[0, num_classes)`` (``[0, inf)`` if it is unknown)."""
     if not y.numel():
         return
-    low, high = (int(v) for v in torch.aminmax(y))
+    low, high = _label_bounds(y)
     if low < 0 or (num_classes is not None and high >= num_classes):
         bound = f"[0, {num_classes})" if num_classes is not None else "[0, num_classes)"
         raise LabelError(f"{name} holds class indices in [{low}, {high}], outside {bound}")
+
+
+_last_bounds: tuple[weakref.ref, int, int, int] | None = None
+
+
+def _label_bounds(y: Tensor) -> tuple[int, int]:
+    """``(min, max)`` of integer labels, remembered for the last tensor seen while it is
+    unmodified (a method's call checks ``y`` and its target's ``soft()`` checks it again)."""
+    global _last_bounds
+    last = _last_bounds
+    if last is not None and last[0]() is y and last[1] == y._version:
+        return last[2], last[3]
+    low, high = (int(v) for v in torch.aminmax(y))
+    _last_bounds = (weakref.ref(y), y._version, low, high)
+    return low, high
 
 
 def check_params(x: Tensor, params: Params, *, name: str = "x") -> None:

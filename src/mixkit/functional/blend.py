@@ -8,6 +8,7 @@ Follows Zhang et al., "mixup: Beyond Empirical Risk Minimization" (ICLR 2018) an
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -74,35 +75,90 @@ def select_rows(rows: Tensor, a: Tensor, b: Tensor) -> Tensor:
     return torch.where(rows, a, b)
 
 
-def _per_row(lam: Tensor, like: Tensor) -> Tensor | float:
-    """``lam (B,)`` as a broadcastable weight in ``like``'s dtype (a float if all equal)."""
-    if lam.numel() == 1 or bool((lam == lam[0]).all()):
-        return float(lam[0])
-    shape = (lam.shape[0],) + (1,) * (like.ndim - 1)
-    return lam.to(device=like.device, dtype=like.dtype).view(shape)
+def uniform_value(lam: Tensor | float) -> float | None:
+    """The common value of ``lam`` as a float if all its entries are equal, else ``None``."""
+    if not isinstance(lam, Tensor):
+        return float(lam)
+    if lam.numel() == 1:
+        return float(lam.reshape(()))
+    low, high = torch.aminmax(lam)
+    return float(low) if bool(low == high) else None
 
 
 _HALF = (torch.float16, torch.bfloat16)
+#: elements of float32 scratch per chunk when half-precision rows are blended with their own
+#: weights (256 KiB: the temporaries stay in cache)
+_HALF_CHUNK = 1 << 16
 
 
-def blend(x: Tensor, index: Tensor, lam: Tensor) -> Tensor:
+def blend(x: Tensor, index: Tensor, lam: Tensor | float) -> Tensor:
     """``lam * x + (1 - lam) * x[index]``, out of place.
 
-    Half-precision inputs are blended in float32 (so a per-sample lambda is not rounded to
-    the input's precision) and cast back. Works in the input's memory order (one row gather
-    and one ``lerp``), so channels_last inputs give channels_last outputs without copies.
+    Works in the input's memory order (one row gather and one ``lerp``), so channels_last
+    inputs give channels_last outputs without copies. Half-precision inputs are blended at
+    float32 precision and rounded once: with one weight for the batch the half-precision
+    ``lerp`` kernel does exactly that; per-sample weights (which would be rounded to the
+    input's precision if the kernel took them) go through float32 a chunk of rows at a time,
+    so no float32 copy of the batch is made.
 
     Args:
         x: ``(B, ...)`` float tensor.
         index: ``(B,)`` partner rows.
-        lam: ``(B,)`` weight of each row's own sample (exact at 0 and 1).
+        lam: ``(B,)`` weight of each row's own sample (exact at 0 and 1), or one float.
     """
     order = memory_order(x)
     view = to_memory(x, order)
-    work = view.float() if x.dtype in _HALF else view
-    partner = take_rows(work, index)
-    out = _lerp_into(partner, work, _per_row(lam, work))
-    return match_format(from_memory(out.to(x.dtype), order), x)
+    value = uniform_value(lam)
+    if value is not None and torch.is_grad_enabled() and x.requires_grad:
+        return _ScalarBlend.apply(x, index.to(x.device), value)
+    if value is not None:
+        out = _lerp_into(take_rows(view, index), view, value)
+    elif x.dtype in _HALF and not (torch.is_grad_enabled() and x.requires_grad):
+        assert isinstance(lam, Tensor)
+        out = _blend_half_rows(view, index, lam)
+    else:
+        assert isinstance(lam, Tensor)
+        work = view.float() if x.dtype in _HALF else view
+        shape = (lam.shape[0],) + (1,) * (x.ndim - 1)
+        w = lam.to(device=x.device, dtype=work.dtype).view(shape)
+        out = _lerp_into(take_rows(work, index), work, w).to(x.dtype)
+    return match_format(from_memory(out, order), x)
+
+
+class _ScalarBlend(torch.autograd.Function):
+    """``lerp(x[index], x, w)`` for one float ``w``, with a two-pass backward:
+    ``grad_x = w * g``, then ``(1 - w) * g`` added into the partner rows (autograd's own graph
+    makes a zero tensor, a scatter and two sums of the batch's size)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, index: Tensor, w: float) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(index)
+        ctx.w = w
+        order = memory_order(x)
+        view = to_memory(x, order)
+        return match_format(from_memory(take_rows(view, index).lerp_(view, w), order), x)
+
+    @staticmethod
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
+        (index,) = ctx.saved_tensors
+        grad = g * ctx.w
+        if torch.is_grad_enabled():  # create_graph: a differentiable (out-of-place) scatter
+            return grad.index_add(0, index, g, alpha=1.0 - ctx.w), None, None
+        return grad.index_add_(0, index, g, alpha=1.0 - ctx.w), None, None
+
+
+def _blend_half_rows(view: Tensor, index: Tensor, lam: Tensor) -> Tensor:
+    """:func:`blend` of half-precision rows with per-row weights, in float32 chunks."""
+    b = view.shape[0]
+    rows = max(1, _HALF_CHUNK // max(1, view[0].numel()))
+    out = torch.empty_like(view)
+    index = index.to(view.device)
+    w = lam.to(device=view.device, dtype=torch.float32).view((b,) + (1,) * (view.ndim - 1))
+    for s in range(0, b, rows):
+        e = min(b, s + rows)
+        part = take_rows(view, index[s:e]).float()
+        out[s:e] = part.lerp_(view[s:e].float(), w[s:e])
+    return out
 
 
 def bc_plus_blend(x: Tensor, index: Tensor, ratio: Tensor) -> Tensor:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +43,8 @@ def sample_cut_boxes(lam: Tensor, spatial: Sequence[int], *, generator: torch.Ge
         ``(N, 2 * d)`` int64 boxes; the realised kept share is ``1 - box_fraction(...)``.
     """
     d = len(spatial)
+    if lam.numel() == 1:
+        return _one_cut_box(float(lam.reshape(())), spatial, generator)
     ratio = (1.0 - lam.to(torch.float64)).clamp(0, 1) ** (1.0 / d)
     sizes = torch.tensor(list(spatial), dtype=torch.long)
     half = torch.floor(ratio.unsqueeze(1) * sizes).long().div_(2, rounding_mode="floor")  # (N, d)
@@ -49,9 +52,29 @@ def sample_cut_boxes(lam: Tensor, spatial: Sequence[int], *, generator: torch.Ge
     return torch.cat([(centre - half).clamp_(min=0), torch.minimum(centre + half, sizes)], dim=1)
 
 
+def _one_cut_box(lam: float, spatial: Sequence[int], generator: torch.Generator | None) -> Tensor:
+    """:func:`sample_cut_boxes` for one lambda, in Python scalars (the same draws and values;
+    a dozen fewer tensor ops, which is most of a small batch's CutMix call)."""
+    d = len(spatial)
+    share = min(max(1.0 - lam, 0.0), 1.0)
+    # torch evaluates ``t ** 0.5`` as a square root and ``t ** 1.0`` as the identity
+    ratio = math.sqrt(share) if d == 2 else share if d == 1 else share ** (1.0 / d)
+    starts, ends = [], []
+    for size in spatial:
+        half = math.floor(ratio * size) // 2
+        centre = int(rng.randint(0, size, (1,), generator=generator))
+        starts.append(max(centre - half, 0))
+        ends.append(min(centre + half, size))
+    return torch.tensor([starts + ends], dtype=torch.long)
+
+
 def box_fraction(boxes: Tensor, spatial: Sequence[int]) -> Tensor:
     """``(N,)`` float64: the share of the volume each box covers."""
     d = len(spatial)
+    if boxes.shape[0] == 1:
+        row = boxes[0].tolist()
+        covered = math.prod(max(e - s, 0) for s, e in zip(row[:d], row[d:]))
+        return torch.tensor([covered / float(math.prod(spatial))], dtype=torch.float64)
     sides = (boxes[:, d:] - boxes[:, :d]).clamp_min(0).to(torch.float64)
     return sides.prod(dim=1) / float(math.prod(spatial))
 
@@ -124,12 +147,39 @@ def paste_boxes(x: Tensor, index: Tensor, boxes: Tensor) -> Tensor:
     order = memory_order(x)
     view = to_memory(x, order)
     if boxes.shape[0] == 1:
-        out = view.clone()
         region = _slices(boxes[0], d, order)
+        if torch.is_grad_enabled() and x.requires_grad:
+            return match_format(from_memory(_BoxPaste.apply(view, index, region), order), x)
+        out = view.clone()
         out[region] = view[region].index_select(0, index)
         return match_format(from_memory(out, order), x)
     partner = take_rows(view, index)
     return match_format(from_memory(_paste_into(view, partner, boxes, order), order), x)
+
+
+class _BoxPaste(torch.autograd.Function):
+    """One box of ``x[index]`` pasted into ``x``, with a one-pass backward: the gradient
+    copied, its box zeroed, and the box's gradient added into the partner rows (autograd's own
+    graph of the clone and the indexed assignment makes several batch-sized tensors)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, index: Tensor, region: tuple[slice, ...]) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(index)
+        ctx.region = region
+        out = x.clone()
+        out[region] = x[region].index_select(0, index)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
+        (index,) = ctx.saved_tensors
+        part = g[ctx.region]
+        zeros = torch.zeros_like(part)
+        # create_graph: the out-of-place (differentiable) scatter
+        inside = zeros.index_add(0, index, part) if torch.is_grad_enabled() else zeros.index_add_(0, index, part)
+        grad = g.clone()
+        grad[ctx.region] = inside
+        return grad, None, None
 
 
 def _paste_into(view: Tensor, patch: Tensor, boxes: Tensor, order: tuple[int, ...] | None) -> Tensor:

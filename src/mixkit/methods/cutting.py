@@ -100,8 +100,12 @@ class CutMix(MixMethod):
         boxes = sample_cut_boxes(lam, spatial, generator=generator)
         active = self._active(b, generator)
         boxes = _empty_inactive(boxes, _mask_rows(active, self.mode))
-        kept = (1.0 - box_fraction(boxes, spatial)).expand(b).clone()
-        return BoxParams(index=self._partner(index, active), lam=kept, boxes=boxes)
+        kept = 1.0 - box_fraction(boxes, spatial)
+        if n > 1:
+            return BoxParams(index=self._partner(index, active), lam=kept, boxes=boxes)
+        value = float(kept)  # one box: every row keeps the same share
+        lam = torch.full((b,), value, dtype=torch.float64)
+        return BoxParams(index=self._partner(index, active), lam=lam, boxes=boxes).with_lam_value(value)
 
     def _mix(self, x: Tensor, params: BoxParams) -> Tensor:
         return paste_boxes(x, params.index, params.boxes)

@@ -64,12 +64,17 @@ class MixUp(MixMethod):
     def sample(self, x: Tensor, y: Tensor | None = None, *, generator: torch.Generator | None = None) -> BlendParams:
         b = x.shape[0]
         index = rng.randperm(b, generator=generator)
+        if self.mode == "batch" and self.p >= 1.0:  # the common case, without the per-row switch
+            value = float(rng.beta((1,), self.alpha, self.alpha, generator=generator))
+            lam = torch.full((b,), value, dtype=torch.float64)
+            return BlendParams(index=index, lam=lam).with_lam_value(value)
         lam = self._per_sample(b, lambda size: rng.beta(size, self.alpha, self.alpha, generator=generator))
         active = self._active(b, generator)
         return BlendParams(index=self._partner(index, active), lam=torch.where(active, lam, 1.0))
 
     def _mix(self, x: Tensor, params: BlendParams) -> Tensor:
-        return blend(x, params.index, params.lam)
+        value = params.lam_value
+        return blend(x, params.index, params.lam if value is None else value)
 
 
 def _class_ids(y: Tensor) -> Tensor:

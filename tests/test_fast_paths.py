@@ -1,0 +1,139 @@
+"""The speed paths give the same results as the plain computations they replace."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+import torch
+
+import mixkit
+from mixkit.errors import LabelError
+from mixkit.functional.blend import blend, uniform_value
+from mixkit.functional.boxes import box_fraction, sample_cut_boxes
+
+blend_mod = importlib.import_module("mixkit.functional.blend")  # the module; the package exports the function
+
+
+def _reference_blend(x: torch.Tensor, index: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+    """float32 (or float64) arithmetic, rounded once to the input's dtype."""
+    work = x.double() if x.dtype == torch.float64 else x.float()
+    w = lam.to(work.dtype).view((-1,) + (1,) * (x.ndim - 1))
+    return torch.lerp(work[index], work, w).to(x.dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("per_sample", [False, True])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_blend_rounds_once_from_float32(dtype, per_sample, channels_last, monkeypatch):
+    monkeypatch.setattr(blend_mod, "_HALF_CHUNK", 100)  # several chunks, a ragged last one
+    g = torch.Generator().manual_seed(1)
+    x = (torch.rand(11, 3, 5, 7, generator=g) * 8 - 4).to(dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    index = torch.randperm(11, generator=g)
+    lam = torch.rand(11, generator=g, dtype=torch.float64) if per_sample else torch.full((11,), 0.3717, dtype=torch.float64)
+    before = x.clone()
+    out = blend(x, index, lam)
+    assert torch.equal(x, before)
+    assert out.dtype == dtype and out.is_contiguous(memory_format=torch.channels_last) == channels_last
+    assert torch.equal(out, _reference_blend(x, index, lam))
+
+
+def test_blend_accepts_a_float_weight():
+    x = torch.rand(6, 4)
+    index = torch.tensor([5, 4, 3, 2, 1, 0])
+    assert torch.equal(blend(x, index, 0.25), blend(x, index, torch.full((6,), 0.25)))
+
+
+def test_uniform_value():
+    assert uniform_value(torch.full((5,), 0.5)) == 0.5
+    assert uniform_value(torch.tensor([0.5, 0.5, 0.25])) is None
+    assert uniform_value(torch.tensor([0.75])) == 0.75
+    assert uniform_value(0.125) == 0.125
+
+
+@pytest.mark.parametrize("spatial", [(32, 32), (7, 13), (16,), (5, 6, 9)])
+def test_one_cut_box_matches_the_vectorised_formula(spatial):
+    d = len(spatial)
+    for seed in range(200):
+        lam = torch.rand(1, generator=torch.Generator().manual_seed(seed + 1000), dtype=torch.float64)
+        if seed < 3:
+            lam = torch.tensor([0.0, 1.0, 0.5][seed], dtype=torch.float64).view(1)
+        boxes = sample_cut_boxes(lam, spatial, generator=torch.Generator().manual_seed(seed))
+        # the same computation, tensor-wise, with the same draws
+        g = torch.Generator().manual_seed(seed)
+        ratio = (1.0 - lam).clamp(0, 1) ** (1.0 / d)
+        sizes = torch.tensor(spatial)
+        half = torch.floor(ratio.unsqueeze(1) * sizes).long() // 2
+        centre = torch.stack([torch.randint(0, s, (1,), generator=g) for s in spatial], dim=1)
+        expected = torch.cat([(centre - half).clamp(min=0), torch.minimum(centre + half, sizes)], dim=1)
+        assert torch.equal(boxes, expected), (seed, boxes, expected)
+        many = torch.cat([boxes, torch.tensor([[0] * d + list(spatial)])])
+        assert torch.equal(box_fraction(boxes, spatial), box_fraction(many, spatial)[:1])
+
+
+@pytest.mark.parametrize("name", ["mixup", "cutmix"])
+@pytest.mark.parametrize("p", [1.0, 0.5])
+def test_batch_mode_lam_value_is_every_rows_lambda(name, p):
+    method = mixkit.create(name, p=p)
+    x, y = torch.rand(9, 3, 8, 8), torch.arange(9) % 4
+    for seed in range(20):
+        params = method(x, y, generator=torch.Generator().manual_seed(seed)).params
+        assert params.lam_value is not None and torch.all(params.lam == params.lam_value)
+
+
+def test_label_range_is_rechecked_after_the_labels_change():
+    method = mixkit.MixUp()
+    y = torch.tensor([0, 1, 2, 3])
+    out = method(torch.rand(4, 3, 8, 8), y, generator=torch.Generator().manual_seed(0))
+    assert out.target.soft(num_classes=4).shape == (4, 4)
+    y[0] = 7  # in place: the remembered bounds of ``y`` no longer hold
+    with pytest.raises(LabelError, match=r"\[1, 7\]"):
+        out.target.soft(num_classes=4)
+
+
+def _autograd_reference(x, fn, g):
+    ref = x.detach().clone().requires_grad_()
+    fn(ref).backward(g)
+    return ref.grad
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_scalar_blend_backward_matches_autograd(channels_last):
+    index = torch.tensor([3, 0, 0, 1, 4])  # a repeated partner: its gradient is summed
+    x64 = torch.rand(5, 2, 3, 4, dtype=torch.float64, requires_grad=True)
+    lam = torch.full((5,), 0.3, dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda t: blend(t, index, lam), (x64,))
+    assert torch.autograd.gradgradcheck(lambda t: blend(t, index, lam), (x64,))
+    x = torch.rand(5, 2, 3, 4)
+    x = (x.contiguous(memory_format=torch.channels_last) if channels_last else x).requires_grad_()
+    out = blend(x, index, lam)
+    assert out.is_contiguous(memory_format=torch.channels_last) == channels_last
+    g = torch.rand_like(out)
+    out.backward(g)
+    expected = _autograd_reference(x, lambda t: torch.lerp(t[index], t, 0.3), g)
+    torch.testing.assert_close(x.grad, expected)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_one_box_paste_backward_matches_autograd(channels_last):
+    from mixkit.functional.boxes import paste_boxes
+
+    index, box = torch.tensor([3, 0, 0, 1, 4]), torch.tensor([[1, 2, 4, 6]])
+    x64 = torch.rand(5, 2, 6, 7, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: paste_boxes(t, index, box), (x64,))
+    assert torch.autograd.gradgradcheck(lambda t: paste_boxes(t, index, box), (x64,))
+    x = torch.rand(5, 2, 6, 7)
+    x = (x.contiguous(memory_format=torch.channels_last) if channels_last else x).requires_grad_()
+    out = paste_boxes(x, index, box)
+    g = torch.rand_like(out)
+    out.backward(g)
+
+    def reference(t):
+        o = t.clone()
+        o[:, :, 1:4, 2:6] = t[index][:, :, 1:4, 2:6]
+        return o
+
+    assert torch.equal(out, reference(x.detach()))
+    assert torch.equal(x.grad, _autograd_reference(x, reference, g))
