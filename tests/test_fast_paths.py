@@ -137,3 +137,25 @@ def test_one_box_paste_backward_matches_autograd(channels_last):
 
     assert torch.equal(out, reference(x.detach()))
     assert torch.equal(x.grad, _autograd_reference(x, reference, g))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.uint8])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_one_box_resize_paste_goes_through_float32_in_chunks(dtype, channels_last, monkeypatch):
+    import torch.nn.functional as F
+
+    from mixkit.functional import boxes as boxes_mod
+
+    monkeypatch.setattr(boxes_mod, "_RESIZE_CHUNK", 1000)  # 3 images per chunk, a ragged last one
+    x = torch.rand(8, 3, 12, 10, generator=torch.Generator().manual_seed(0))
+    x = (x * 255).to(dtype) if dtype == torch.uint8 else x.to(dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    index, box = torch.tensor([7, 6, 5, 4, 3, 2, 1, 0]), torch.tensor([[2, 3, 9, 8]])
+    out = boxes_mod.paste_resized(x, index, box)
+    small = F.interpolate(x.float(), size=[7, 5], mode="bilinear", align_corners=False)[index]
+    expected = x.clone()
+    cast = small.round().clamp(0, 255).to(dtype) if dtype == torch.uint8 else small.to(dtype)
+    expected[:, :, 2:9, 3:8] = cast
+    assert torch.equal(out, expected)
+    assert out.is_contiguous(memory_format=torch.channels_last) == channels_last

@@ -231,11 +231,37 @@ def paste_resized(x: Tensor, index: Tensor, boxes: Tensor) -> Tensor:
         sides = [s.stop - s.start for s in region[2:]]
         if min(sides) <= 0:
             return x.clone()
-        small = F.interpolate(x.to(work), size=sides, mode=_interp_mode(d), align_corners=False)
+        small = _shrink(x, sides, work)
         out = x.clone()
         out[region] = _cast_back(gather_rows(small, index), x)
         return out
     return _paste_resized_each(x, index, boxes, work)
+
+
+#: elements per chunk when a half-precision or integer batch is resized through float32
+_RESIZE_CHUNK = 1 << 17
+
+
+def _shrink(x: Tensor, sides: Sequence[int], work: torch.dtype) -> Tensor:
+    """``F.interpolate(x.to(work), sides)`` (linear, no corner alignment); inputs of another
+    dtype go through ``work`` a chunk of images at a time, so no ``work`` copy of the batch
+    is made."""
+    mode = _interp_mode(x.ndim - 2)
+    if x.dtype == work:
+        return F.interpolate(x, size=list(sides), mode=mode, align_corners=False)
+    rows = max(1, _RESIZE_CHUNK // max(1, x[0].numel()))
+    out = None
+    for s in range(0, x.shape[0], rows):
+        part = F.interpolate(x[s : s + rows].to(work), size=list(sides), mode=mode, align_corners=False)
+        if out is None:
+            if part.shape[0] == x.shape[0]:
+                return part
+            cl = part.ndim == 4 and part.is_contiguous(memory_format=torch.channels_last) and not part.is_contiguous()
+            fmt = torch.channels_last if cl else torch.contiguous_format
+            out = torch.empty((x.shape[0],) + part.shape[1:], dtype=work, device=x.device, memory_format=fmt)
+        out[s : s + rows] = part
+    assert out is not None
+    return out
 
 
 def _resize_grid(boxes: Tensor, spatial: Sequence[int], work: torch.dtype, device: torch.device) -> Tensor:

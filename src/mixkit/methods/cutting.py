@@ -14,6 +14,8 @@ sample that was kept.
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Sequence
 
 import torch
@@ -169,6 +171,8 @@ class ResizeMix(MixMethod):
         index = rng.randperm(b, generator=generator)
         n = 1 if self.mode == "batch" else b
         tau = rng.uniform((n,), *self.scale, generator=generator)
+        if n == 1:
+            return self._sample_one(b, spatial, index, float(tau), generator)
         starts, ends = [], []
         for size in spatial:
             side = torch.floor(size * tau).long().clamp(1, size)
@@ -179,6 +183,22 @@ class ResizeMix(MixMethod):
         boxes = _empty_inactive(torch.stack(starts + ends, dim=1), _mask_rows(active, self.mode))
         kept = (1.0 - box_fraction(boxes, spatial)).expand(b).clone()
         return ResizeParams(index=self._partner(index, active), lam=kept, boxes=boxes)
+
+    def _sample_one(
+        self, b: int, spatial: tuple[int, ...], index: Tensor, tau: float, generator: torch.Generator | None
+    ) -> ResizeParams:
+        """:meth:`sample` with one box for the batch, in Python scalars (same draws and values)."""
+        starts, ends = [], []
+        for size in spatial:
+            side = min(max(math.floor(size * tau), 1), size)
+            start = math.floor(float(rng.uniform((1,), generator=generator)) * (size - side + 1))
+            starts.append(start)
+            ends.append(start + side)
+        active = self._active(b, generator)
+        boxes = _empty_inactive(torch.tensor([starts + ends], dtype=torch.long), active[:1])
+        value = 1.0 - float(box_fraction(boxes, spatial))
+        lam = torch.full((b,), value, dtype=torch.float64)
+        return ResizeParams(index=self._partner(index, active), lam=lam, boxes=boxes).with_lam_value(value)
 
     def _mix(self, x: Tensor, params: ResizeParams) -> Tensor:
         return paste_resized(x, params.index, params.boxes)
