@@ -83,6 +83,19 @@ def test_batch_mode_lam_value_is_every_rows_lambda(name, p):
         assert params.lam_value is not None and torch.all(params.lam == params.lam_value)
 
 
+@pytest.mark.parametrize("alpha", [1.0, 1e-4])
+def test_lam_value_agrees_with_lam_in_every_mode(alpha):
+    x, y = torch.rand(3, 2, 4, 4), torch.arange(3)
+    for mode in ("batch", "elem"):
+        method = mixkit.MixUp(alpha=alpha, mode=mode)
+        for seed in range(50):
+            params = method(x, y, generator=torch.Generator().manual_seed(seed)).params
+            if params.lam_value is None:
+                assert not torch.all(params.lam == params.lam[0])
+            else:
+                assert torch.all(params.lam == params.lam_value)
+
+
 def test_label_range_is_rechecked_after_the_labels_change():
     method = mixkit.MixUp()
     y = torch.tensor([0, 1, 2, 3])
@@ -159,3 +172,21 @@ def test_one_box_resize_paste_goes_through_float32_in_chunks(dtype, channels_las
     expected[:, :, 2:9, 3:8] = cast
     assert torch.equal(out, expected)
     assert out.is_contiguous(memory_format=torch.channels_last) == channels_last
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_pixel_gather_backward_matches_autograd(dtype):
+    from mixkit.functional.multi import _gather_pixels, _gather_planes
+
+    flat = torch.randint(0, 4 * 30, (4 * 30,), generator=torch.Generator().manual_seed(0))  # repeats
+    x = torch.rand(4, 3, 5, 6, dtype=torch.float64, requires_grad=True)
+    if dtype == torch.float64:
+        assert torch.autograd.gradcheck(lambda t: _gather_pixels(t, flat), (x,))
+        assert torch.autograd.gradgradcheck(lambda t: _gather_pixels(t, flat), (x,))
+    x = x.detach().to(dtype).requires_grad_()
+    out = _gather_pixels(x, flat)
+    g = torch.rand_like(out)
+    out.backward(g)
+    ref = x.detach().float().requires_grad_()
+    _gather_planes(ref, flat).backward(g.float())  # plain autograd through the assignments
+    torch.testing.assert_close(x.grad.float(), ref.grad, rtol=1e-2, atol=1e-2)

@@ -168,9 +168,10 @@ class Params:
 
         return uniform_value(self.lam)
 
-    def with_lam_value(self, value: float) -> Params:
+    def with_lam_value(self, value: float | None) -> Params:
         """Record that every entry of ``lam`` equals ``value`` (a method that drew one lambda
-        for the batch knows it; :attr:`lam_value` then needs no reduction). Returns self."""
+        for the batch knows it), or that they differ (``None``); :attr:`lam_value` then needs
+        no reduction. Returns self."""
         self.__dict__["lam_value"] = value
         return self
 

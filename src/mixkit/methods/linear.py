@@ -15,7 +15,7 @@ from torch import Tensor
 from mixkit import rng
 from mixkit.base import MixMethod
 from mixkit.errors import LabelError
-from mixkit.functional.blend import bc_plus_blend, blend
+from mixkit.functional.blend import bc_plus_blend, blend, uniform_value
 from mixkit.registry import register
 from mixkit.types import BlendParams
 from mixkit.validation import check_alpha
@@ -64,9 +64,15 @@ class MixUp(MixMethod):
     def sample(self, x: Tensor, y: Tensor | None = None, *, generator: torch.Generator | None = None) -> BlendParams:
         b = x.shape[0]
         index = rng.randperm(b, generator=generator)
-        if self.mode == "batch" and self.p >= 1.0:  # the common case, without the per-row switch
+        if self.mode == "batch" and self.p >= 1.0:  # the common cases, without the per-row switch
             value = float(rng.beta((1,), self.alpha, self.alpha, generator=generator))
             lam = torch.full((b,), value, dtype=torch.float64)
+            return BlendParams(index=index, lam=lam).with_lam_value(value)
+        if self.p >= 1.0 and b > 1:
+            lam = rng.beta((b,), self.alpha, self.alpha, generator=generator)
+            # per-sample draws are all equal with probability 0, unless a tiny alpha rounds
+            # them to exactly 0 or 1
+            value = uniform_value(lam) if self.alpha < 0.01 else None
             return BlendParams(index=index, lam=lam).with_lam_value(value)
         lam = self._per_sample(b, lambda size: rng.beta(size, self.alpha, self.alpha, generator=generator))
         active = self._active(b, generator)
