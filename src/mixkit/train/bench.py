@@ -136,6 +136,12 @@ def _fmt(row: dict[str, Any], key: str, scale: float = 1.0, digits: int = 2) -> 
     return f"{m:.{digits}f} ± {s:.{digits}f}" if row["seeds"] > 1 else f"{m:.{digits}f}"
 
 
+def _cost_base(rows: list[dict[str, Any]]) -> str:
+    """The method the cost column is relative to (ERM if in the grid, else the first)."""
+    names = [r["method"] for r in rows]
+    return "ERM" if "erm" in names or not names else f"{names[0]} (no ERM in this grid)"
+
+
 def write_report(rows: list[dict[str, Any]], results: dict[str, list[dict[str, Any]]], out: Path, base: TrainConfig) -> None:
     """``results.md``, ``results.csv`` and the plots."""
     lines = [
@@ -144,7 +150,8 @@ def write_report(rows: list[dict[str, Any]], results: dict[str, list[dict[str, A
         "Mean ± standard deviation over seeds (n = seeds). top-1 last: the last epoch's test top-1;",
         f"top-1 median: the median of the last {base.median_last} evaluations; ECE with 15 bins;",
         "corruption: mean top-1 over the corruptions and severities; s / epoch: the median training time",
-        "of an epoch; cost: s / epoch relative to ERM.",
+        f"of an epoch; cost: s / epoch relative to {_cost_base(rows)}; epoch times also depend on what",
+        "else the machine ran meanwhile.",
         "",
         "| method | n | top-1 last (%) | top-1 median (%) | NLL | ECE | corruption top-1 (%) | s / epoch | cost |",
         "|---|---|---|---|---|---|---|---|---|",
