@@ -28,7 +28,7 @@ from mixkit.functional.blend import (
     to_memory,
 )
 
-__all__ = ["sample_cut_boxes", "box_fraction", "box_mask", "box_weight", "paste_boxes", "paste_resized"]
+__all__ = ["sample_cut_boxes", "box_fraction", "one_box_fraction", "box_mask", "box_weight", "paste_boxes", "paste_resized"]
 
 
 def sample_cut_boxes(lam: Tensor, spatial: Sequence[int], *, generator: torch.Generator | None = None) -> Tensor:
@@ -72,11 +72,15 @@ def box_fraction(boxes: Tensor, spatial: Sequence[int]) -> Tensor:
     """``(N,)`` float64: the share of the volume each box covers."""
     d = len(spatial)
     if boxes.shape[0] == 1:
-        row = boxes[0].tolist()
-        covered = math.prod(max(e - s, 0) for s, e in zip(row[:d], row[d:]))
-        return torch.tensor([covered / float(math.prod(spatial))], dtype=torch.float64)
+        return torch.tensor([one_box_fraction(boxes, spatial)], dtype=torch.float64)
     sides = (boxes[:, d:] - boxes[:, :d]).clamp_min(0).to(torch.float64)
     return sides.prod(dim=1) / float(math.prod(spatial))
+
+
+def one_box_fraction(boxes: Tensor, spatial: Sequence[int]) -> float:
+    """:func:`box_fraction` of one box ``(1, 2 * d)``, as a float (no tensor ops)."""
+    row, d = boxes[0].tolist(), len(spatial)
+    return math.prod(max(e - s, 0) for s, e in zip(row[:d], row[d:])) / float(math.prod(spatial))
 
 
 def box_mask(boxes: Tensor, spatial: Sequence[int], device: torch.device | str | None = None) -> Tensor:

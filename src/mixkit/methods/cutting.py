@@ -25,7 +25,7 @@ from mixkit import rng
 from mixkit.base import MixMethod
 from mixkit.errors import DTypeError, HyperParameterError
 from mixkit.functional.blend import mask_blend
-from mixkit.functional.boxes import box_fraction, paste_boxes, paste_resized, sample_cut_boxes
+from mixkit.functional.boxes import box_fraction, one_box_fraction, paste_boxes, paste_resized, sample_cut_boxes
 from mixkit.functional.fourier import binarise_mask, fmix_counts, fourier_noise, top_count_mask
 from mixkit.registry import register
 from mixkit.types import BoxParams, MaskParams, ResizeParams
@@ -100,6 +100,10 @@ class CutMix(MixMethod):
         n = 1 if self.mode == "batch" else b
         lam = rng.beta((n,), self.alpha, self.alpha, generator=generator)
         boxes = sample_cut_boxes(lam, spatial, generator=generator)
+        if n == 1 and self.p >= 1.0:  # the common case: one box, every row mixed
+            value = 1.0 - one_box_fraction(boxes, spatial)
+            lam = torch.full((b,), value, dtype=torch.float64)
+            return BoxParams(index=index, lam=lam, boxes=boxes).with_lam_value(value)
         active = self._active(b, generator)
         boxes = _empty_inactive(boxes, _mask_rows(active, self.mode))
         kept = 1.0 - box_fraction(boxes, spatial)
@@ -196,7 +200,7 @@ class ResizeMix(MixMethod):
             ends.append(start + side)
         active = self._active(b, generator)
         boxes = _empty_inactive(torch.tensor([starts + ends], dtype=torch.long), active[:1])
-        value = 1.0 - float(box_fraction(boxes, spatial))
+        value = 1.0 - one_box_fraction(boxes, spatial)
         lam = torch.full((b,), value, dtype=torch.float64)
         return ResizeParams(index=self._partner(index, active), lam=lam, boxes=boxes).with_lam_value(value)
 
