@@ -190,3 +190,24 @@ def test_pixel_gather_backward_matches_autograd(dtype):
     ref = x.detach().float().requires_grad_()
     _gather_planes(ref, flat).backward(g.float())  # plain autograd through the assignments
     torch.testing.assert_close(x.grad.float(), ref.grad, rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_per_row_blend_backward_matches_autograd(dtype, channels_last):
+    index = torch.tensor([3, 0, 0, 1, 4])
+    lam = torch.rand(5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x64 = torch.rand(5, 2, 3, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: blend(t, index, lam), (x64,))
+    assert torch.autograd.gradgradcheck(lambda t: blend(t, index, lam), (x64,))
+    x = torch.rand(5, 2, 3, 4).to(dtype)
+    x = (x.contiguous(memory_format=torch.channels_last) if channels_last else x).requires_grad_()
+    out = blend(x, index, lam)
+    with torch.no_grad():
+        assert torch.equal(out, blend(x, index, lam))  # the same forward as without autograd
+    g = torch.rand_like(out)
+    out.backward(g)
+    w = lam.float().view(-1, 1, 1, 1)
+    expected = _autograd_reference(x.detach().float(), lambda t: torch.lerp(t[index], t, w), g.float())
+    tol = 1e-2 if dtype == torch.bfloat16 else 1e-6
+    torch.testing.assert_close(x.grad.float(), expected, rtol=tol, atol=tol)

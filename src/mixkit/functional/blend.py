@@ -91,7 +91,7 @@ _HALF = (torch.float16, torch.bfloat16)
 _HALF_CHUNK = 1 << 16
 
 
-def blend(x: Tensor, index: Tensor, lam: Tensor | float) -> Tensor:
+def blend(x: Tensor, index: Tensor, lam: Tensor | float, *, check_uniform: bool = True) -> Tensor:
     """``lam * x + (1 - lam) * x[index]``, out of place.
 
     Works in the input's memory order (one row gather and one ``lerp``), so channels_last
@@ -105,12 +105,17 @@ def blend(x: Tensor, index: Tensor, lam: Tensor | float) -> Tensor:
         x: ``(B, ...)`` float tensor.
         index: ``(B,)`` partner rows.
         lam: ``(B,)`` weight of each row's own sample (exact at 0 and 1), or one float.
+        check_uniform: look for one common value in a ``lam`` tensor (the faster one-weight
+            kernels then run); callers that know the weights differ pass ``False``.
     """
     order = memory_order(x)
     view = to_memory(x, order)
-    value = uniform_value(lam)
-    if value is not None and torch.is_grad_enabled() and x.requires_grad:
-        return _ScalarBlend.apply(x, index.to(x.device), value)
+    value = uniform_value(lam) if check_uniform or not isinstance(lam, Tensor) else None
+    if torch.is_grad_enabled() and x.requires_grad and not (isinstance(lam, Tensor) and lam.requires_grad):
+        if value is not None:
+            return _ScalarBlend.apply(x, index.to(x.device), value)
+        assert isinstance(lam, Tensor)
+        return _RowBlend.apply(x, index.to(x.device), lam.to(x.device))
     if value is not None:
         out = _lerp_into(take_rows(view, index), view, value)
     elif x.dtype in _HALF and not (torch.is_grad_enabled() and x.requires_grad):
@@ -145,6 +150,33 @@ class _ScalarBlend(torch.autograd.Function):
         if torch.is_grad_enabled():  # create_graph: a differentiable (out-of-place) scatter
             return grad.index_add(0, index, g, alpha=1.0 - ctx.w), None, None
         return grad.index_add_(0, index, g, alpha=1.0 - ctx.w), None, None
+
+
+class _RowBlend(torch.autograd.Function):
+    """``lerp(x[index], x, w)`` with one weight per row (float32 arithmetic for half inputs),
+    with a backward of one product and one scatter-add into the partner rows."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, index: Tensor, lam: Tensor) -> Tensor:  # type: ignore[override]
+        work = torch.float32 if x.dtype in _HALF else x.dtype
+        w = lam.to(work).view((lam.shape[0],) + (1,) * (x.ndim - 1))
+        ctx.save_for_backward(index, w)
+        order = memory_order(x)
+        view = to_memory(x, order)
+        if x.dtype in _HALF:
+            out = _blend_half_rows(view, index, lam)
+        else:
+            out = take_rows(view, index).lerp_(view, to_memory(w, order))
+        return match_format(from_memory(out, order), x)
+
+    @staticmethod
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
+        index, w = ctx.saved_tensors
+        gw = g.to(w.dtype)
+        grad = gw * w
+        if torch.is_grad_enabled():  # create_graph: the out-of-place (differentiable) scatter
+            return grad.index_add(0, index, gw * (1.0 - w)).to(g.dtype), None, None
+        return grad.index_add_(0, index, gw.mul_(1.0 - w) if gw is not g else gw * (1.0 - w)).to(g.dtype), None, None
 
 
 def _blend_half_rows(view: Tensor, index: Tensor, lam: Tensor) -> Tensor:

@@ -80,7 +80,7 @@ class MixUp(MixMethod):
 
     def _mix(self, x: Tensor, params: BlendParams) -> Tensor:
         value = params.lam_value
-        return blend(x, params.index, params.lam if value is None else value)
+        return blend(x, params.index, params.lam, check_uniform=False) if value is None else blend(x, params.index, value)
 
 
 def _class_ids(y: Tensor) -> Tensor:
