@@ -87,8 +87,8 @@ def uniform_value(lam: Tensor | float) -> float | None:
 
 _HALF = (torch.float16, torch.bfloat16)
 #: elements of float32 scratch per chunk when half-precision rows are blended with their own
-#: weights (256 KiB: the temporaries stay in cache)
-_HALF_CHUNK = 1 << 16
+#: weights (1 MiB: the temporaries stay in the caches, and small batches take one or two chunks)
+_HALF_CHUNK = 1 << 18
 
 
 def blend(x: Tensor, index: Tensor, lam: Tensor | float, *, check_uniform: bool = True) -> Tensor:
