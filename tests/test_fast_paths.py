@@ -211,3 +211,30 @@ def test_per_row_blend_backward_matches_autograd(dtype, channels_last):
     expected = _autograd_reference(x.detach().float(), lambda t: torch.lerp(t[index], t, w), g.float())
     tol = 1e-2 if dtype == torch.bfloat16 else 1e-6
     torch.testing.assert_close(x.grad.float(), expected, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("placement", ["corner", "aligned"])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_one_geometry_mosaic_backward_matches_autograd(placement, channels_last):
+    from mixkit.functional.multi import _copy_cells
+
+    method = mixkit.create("mosaic", placement=placement)
+    x64 = torch.rand(5, 2, 8, 9, dtype=torch.float64)
+    params = method.sample(x64, torch.arange(5), generator=torch.Generator().manual_seed(3))
+    assert torch.autograd.gradcheck(lambda t: method.apply(t, params), (x64.clone().requires_grad_(),))
+    assert torch.autograd.gradgradcheck(lambda t: method.apply(t, params), (x64.clone().requires_grad_(),))
+    x = torch.rand(5, 2, 8, 9)
+    x = (x.contiguous(memory_format=torch.channels_last) if channels_last else x).requires_grad_()
+    out = method.apply(x, params)
+    with torch.no_grad():
+        assert torch.equal(out, method.apply(x, params))
+    assert out.is_contiguous(memory_format=torch.channels_last) == channels_last
+    g = torch.rand_like(out)
+    out.backward(g)
+    # the same cells copied with plain autograd (through the window assignments)
+    import mixkit.functional.multi as multi_mod
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(multi_mod._CellCopy, "apply", staticmethod(lambda v, s, w: _copy_cells(v, s, w)))
+        expected = _autograd_reference(x, lambda t: method.apply(t, params), g)
+    torch.testing.assert_close(x.grad, expected)

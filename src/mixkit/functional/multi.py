@@ -132,11 +132,14 @@ def tile_quadrants(x: Tensor, sources: Tensor, centre: Tensor, offsets: Tensor) 
     if centre.shape[0] == 1:
         order = memory_order(x)
         view = to_memory(x, order)
-        out = torch.empty_like(view)
+        windows = []  # (destination, source) index of each cell
         for k, (t, l, b, r) in enumerate(cells[0].tolist()):
             sy, sx = offsets[0, k].tolist()
-            src = _window(sy, sy + b - t, sx, sx + r - l, order)
-            out[_window(t, b, l, r, order)] = view[src].index_select(0, sources[:, k])
+            windows.append((_window(t, b, l, r, order), _window(sy, sy + b - t, sx, sx + r - l, order)))
+        if torch.is_grad_enabled() and x.requires_grad:
+            out = _CellCopy.apply(view, sources, tuple(windows))
+        else:
+            out = _copy_cells(view, sources, windows)
         return match_format(from_memory(out, order), x)
     dev = x.device
     h, w = spatial
@@ -149,6 +152,38 @@ def tile_quadrants(x: Tensor, sources: Tensor, centre: Tensor, offsets: Tensor) 
     flat = torch.where(below, bottom.unsqueeze(1), top.unsqueeze(1))
     flat += torch.arange(h * w, device=dev).view(h, w)
     return _gather_pixels(x, flat.view(-1))
+
+
+def _copy_cells(view: Tensor, sources: Tensor, windows: Sequence[tuple[tuple[slice, ...], tuple[slice, ...]]]) -> Tensor:
+    """Cell ``k`` of every output row: the source window of row ``sources[:, k]``."""
+    out = torch.empty_like(view)
+    for k, (dst, src) in enumerate(windows):
+        out[dst] = view[src].index_select(0, sources[:, k])
+    return out
+
+
+class _CellCopy(torch.autograd.Function):
+    """:func:`_copy_cells` with a backward of one scatter-add per cell (autograd's graph of the
+    four window assignments copies the whole gradient for each)."""
+
+    @staticmethod
+    def forward(ctx: Any, view: Tensor, sources: Tensor, windows: tuple) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(sources)
+        ctx.windows = windows
+        return _copy_cells(view, sources, windows)
+
+    @staticmethod
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
+        (sources,) = ctx.saved_tensors
+        grad = torch.zeros_like(g)
+        for k, (dst, src) in enumerate(ctx.windows):
+            if torch.is_grad_enabled():  # create_graph: differentiable (out-of-place) updates
+                cell = torch.zeros_like(g)
+                cell[src] = torch.zeros_like(g[src]).index_add(0, sources[:, k], g[dst])
+                grad = grad + cell
+            else:
+                grad[src].index_add_(0, sources[:, k], g[dst])
+        return grad, None, None
 
 
 def _window(top: int, bottom: int, left: int, right: int, order: tuple[int, ...] | None) -> tuple[slice, ...]:
