@@ -100,10 +100,12 @@ class CutMix(MixMethod):
         n = 1 if self.mode == "batch" else b
         lam = rng.beta((n,), self.alpha, self.alpha, generator=generator)
         boxes = sample_cut_boxes(lam, spatial, generator=generator)
-        if n == 1 and self.p >= 1.0:  # the common case: one box, every row mixed
+        if n == 1 and self.p >= 1.0:  # the common cases, every row mixed: one box for the batch
             value = 1.0 - one_box_fraction(boxes, spatial)
             lam = torch.full((b,), value, dtype=torch.float64)
             return BoxParams(index=index, lam=lam, boxes=boxes).with_lam_value(value)
+        if self.p >= 1.0:  # ... or one box per row
+            return BoxParams(index=index, lam=1.0 - box_fraction(boxes, spatial), boxes=boxes)
         active = self._active(b, generator)
         boxes = _empty_inactive(boxes, _mask_rows(active, self.mode))
         kept = 1.0 - box_fraction(boxes, spatial)
