@@ -238,3 +238,11 @@ def test_one_geometry_mosaic_backward_matches_autograd(placement, channels_last)
         mp.setattr(multi_mod._CellCopy, "apply", staticmethod(lambda v, s, w: _copy_cells(v, s, w)))
         expected = _autograd_reference(x, lambda t: method.apply(t, params), g)
     torch.testing.assert_close(x.grad, expected)
+
+
+def test_blend_keeps_a_learned_lambda_in_the_graph():
+    x = torch.rand(4, 3, 2, 2)
+    lam = torch.full((4,), 0.3, requires_grad=True)  # equal values: still a tensor in the graph
+    blend(x, torch.tensor([1, 0, 3, 2]), lam).sum().backward()
+    expected = (x - x[torch.tensor([1, 0, 3, 2])]).flatten(1).sum(1)  # d/dlam of lerp
+    torch.testing.assert_close(lam.grad, expected)

@@ -110,8 +110,10 @@ def blend(x: Tensor, index: Tensor, lam: Tensor | float, *, check_uniform: bool 
     """
     order = memory_order(x)
     view = to_memory(x, order)
-    value = uniform_value(lam) if check_uniform or not isinstance(lam, Tensor) else None
-    if torch.is_grad_enabled() and x.requires_grad and not (isinstance(lam, Tensor) and lam.requires_grad):
+    lam_grad = isinstance(lam, Tensor) and lam.requires_grad and torch.is_grad_enabled()
+    # a float would cut a learned lambda out of the graph: such a lambda stays a tensor
+    value = uniform_value(lam) if (check_uniform or not isinstance(lam, Tensor)) and not lam_grad else None
+    if torch.is_grad_enabled() and x.requires_grad and not lam_grad:
         if value is not None:
             return _ScalarBlend.apply(x, index.to(x.device), value)
         assert isinstance(lam, Tensor)
