@@ -100,20 +100,15 @@ class CutMix(MixMethod):
         n = 1 if self.mode == "batch" else b
         lam = rng.beta((n,), self.alpha, self.alpha, generator=generator)
         boxes = sample_cut_boxes(lam, spatial, generator=generator)
-        if n == 1 and self.p >= 1.0:  # the common cases, every row mixed: one box for the batch
-            value = 1.0 - one_box_fraction(boxes, spatial)
-            lam = torch.full((b,), value, dtype=torch.float64)
-            return BoxParams(index=index, lam=lam, boxes=boxes).with_lam_value(value)
-        if self.p >= 1.0:  # ... or one box per row
-            return BoxParams(index=index, lam=1.0 - box_fraction(boxes, spatial), boxes=boxes)
-        active = self._active(b, generator)
-        boxes = _empty_inactive(boxes, _mask_rows(active, self.mode))
-        kept = 1.0 - box_fraction(boxes, spatial)
+        if self.p < 1.0:  # the per-row switch (at p = 1 every row is mixed)
+            active = self._active(b, generator)
+            boxes = _empty_inactive(boxes, _mask_rows(active, self.mode))
+            index = self._partner(index, active)
         if n > 1:
-            return BoxParams(index=self._partner(index, active), lam=kept, boxes=boxes)
-        value = float(kept)  # one box: every row keeps the same share
+            return BoxParams(index=index, lam=1.0 - box_fraction(boxes, spatial), boxes=boxes)
+        value = 1.0 - one_box_fraction(boxes, spatial)  # one box: every row keeps the same share
         lam = torch.full((b,), value, dtype=torch.float64)
-        return BoxParams(index=self._partner(index, active), lam=lam, boxes=boxes).with_lam_value(value)
+        return BoxParams(index=index, lam=lam, boxes=boxes).with_lam_value(value)
 
     def _mix(self, x: Tensor, params: BoxParams) -> Tensor:
         return paste_boxes(x, params.index, params.boxes)
