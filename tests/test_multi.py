@@ -291,6 +291,14 @@ def test_k_mixup_matches_each_cloud_optimally():
         assert sq_cost(x, rows, matched) <= sq_cost(x, rows, cols) + 1e-9
 
 
+def test_k_mixup_matching_ignores_memory_format():
+    """channels_last rows are flattened in memory order: the same distances, the same matching."""
+    x = torch.randn(48, 3, 5, 7, generator=gen(21)).double()
+    order, partner = torch.randperm(48, generator=gen(22)), torch.randperm(48, generator=gen(23))
+    plain = match_clouds(x, order, partner, 8)
+    assert torch.equal(match_clouds(x.contiguous(memory_format=torch.channels_last), order, partner, 8), plain)
+
+
 def test_k_mixup_blend_pairing_and_lambda_statistics():
     x, y = torch.rand(64, 3, 4, 4), torch.arange(64) % 5
     m = mixkit.create("k_mixup", k=8, num_classes=5)

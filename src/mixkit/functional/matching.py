@@ -2,8 +2,8 @@
 
 Follows Greenewald et al., "k-Mixup Regularization for Deep Learning via Optimal Transport"
 (TMLR 2023; reference code github.com/AnmingGu/kmixup-cifar10): clouds of ``k`` samples are
-matched by the permutation of least total squared distance, found exactly with the Hungarian
-method.
+matched by the permutation of least total squared distance, found exactly (shortest
+augmenting paths, as the Hungarian method).
 """
 
 from __future__ import annotations
@@ -12,15 +12,19 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from mixkit.functional.blend import memory_order, to_memory
+
 __all__ = ["linear_assignment", "match_clouds"]
 
 
 def linear_assignment(cost: np.ndarray) -> np.ndarray:
     """Exact minimum-cost perfect matchings of many square problems at once.
 
-    The Hungarian method with row/column potentials and shortest augmenting paths (O(n^3) per
-    problem), vectorised over the leading dim: every problem runs the same steps, finished
-    ones idle.
+    Shortest augmenting paths with row and column potentials (Crouse, "On implementing 2D
+    rectangular assignment algorithms", IEEE TAES 2016, the method of SciPy's
+    ``linear_sum_assignment``), O(n^3) per problem and vectorised over the leading dim: every
+    problem runs the same steps, finished ones idle. Each row is added by one Dijkstra search
+    over the reduced costs; the potentials move once per search, not once per step.
 
     Args:
         cost: ``(P, n, n)`` finite costs.
@@ -36,42 +40,48 @@ def linear_assignment(cost: np.ndarray) -> np.ndarray:
     if not np.isfinite(cost).all():
         raise ValueError("cost must be finite")
     ar = np.arange(problems)
-    u, v = np.zeros((problems, n + 1)), np.zeros((problems, n + 1))
-    match = np.zeros((problems, n + 1), dtype=np.int64)  # row (1-based) matched to column j
-    way = np.zeros((problems, n + 1), dtype=np.int64)
-    for i in range(1, n + 1):
-        match[:, 0] = i
-        j0 = np.zeros(problems, dtype=np.int64)
-        minv = np.full((problems, n + 1), np.inf)
-        used = np.zeros((problems, n + 1), dtype=bool)
+    u, v = np.zeros((problems, n + 1)), np.zeros((problems, n))  # u[:, n]: a scratch row
+    col4row = np.full((problems, n), -1, dtype=np.int64)
+    row4col = np.full((problems, n), -1, dtype=np.int64)
+    for cur in range(n):
+        dist = np.full((problems, n), np.inf)  # shortest reduced path cost to each column
+        path = np.full((problems, n), -1, dtype=np.int64)  # the row each column is reached from
+        seen = np.zeros((problems, n), dtype=bool)
+        reach = np.zeros(problems)  # the path cost of the last column reached
+        i = np.full(problems, cur, dtype=np.int64)
         active = np.ones(problems, dtype=bool)
-        while active.any():
-            used[ar, j0] |= active
-            i0 = match[ar, j0]
-            cur = cost[ar, i0 - 1, :] - u[ar, i0][:, None] - v[:, 1:]
-            free = ~used[:, 1:] & active[:, None]
-            better = free & (cur < minv[:, 1:])
-            np.copyto(minv[:, 1:], cur, where=better)
-            np.copyto(way[:, 1:], j0[:, None], where=better)
-            masked = np.where(free, minv[:, 1:], np.inf)
-            j1 = masked.argmin(axis=1) + 1
-            delta = np.where(active, masked[ar, j1 - 1], 0.0)
-            step = np.where(used & active[:, None], delta[:, None], 0.0)
-            # the used columns' rows are distinct (unused ones add 0), so no accumulation is lost
-            u[ar[:, None], match] += step
-            v -= step
-            minv[:, 1:] -= np.where(free, delta[:, None], 0.0)
-            j0 = np.where(active, j1, j0)
-            active &= match[ar, j0] != 0
+        while True:  # Dijkstra from row ``cur`` until a free column is reached
+            r = cost[ar, i] - (u[ar, i] - reach)[:, None] - v
+            better = (r < dist) & ~seen
+            better &= active[:, None]
+            np.copyto(dist, r, where=better)
+            np.copyto(path, i[:, None], where=better)
+            masked = np.where(seen, np.inf, dist)
+            j = masked.argmin(axis=1)
+            seen[ar, j] |= active
+            reach = np.where(active, masked[ar, j], reach)
+            i = row4col[ar, j]  # the row matched to it (-1: free, the search ends)
+            active &= i >= 0
+            if not active.any():
+                break
+        # potentials: every reached column and the row matched to it move by reach - dist
+        owned = seen & (row4col >= 0)
+        gain = np.where(seen, reach[:, None] - dist, 0.0)
+        u[ar[:, None], np.where(owned, row4col, n)] += gain
+        u[:, cur] += reach
+        v -= gain
+        j = (seen & ~owned).argmax(axis=1)  # the free column the search ended on
         active = np.ones(problems, dtype=bool)
-        while active.any():  # flip the augmenting path back to the root
-            j1 = way[ar, j0]
-            match[ar[active], j0[active]] = match[ar[active], j1[active]]
-            j0 = np.where(active, j1, j0)
-            active &= j0 != 0
-    perm = np.empty((problems, n), dtype=np.int64)
-    perm[ar[:, None], match[:, 1:] - 1] = np.arange(n)
-    return perm
+        while True:  # flip the matching along the path back to row ``cur``
+            i = path[ar, j]
+            row4col[ar, j] = np.where(active, i, row4col[ar, j])
+            prev = col4row[ar, i]
+            col4row[ar, i] = np.where(active, j, prev)
+            active &= i != cur
+            if not active.any():
+                break
+            j = np.where(active, prev, j)
+    return col4row
 
 
 def match_clouds(x: Tensor, order: Tensor, partner: Tensor, k: int) -> Tensor:
@@ -92,7 +102,10 @@ def match_clouds(x: Tensor, order: Tensor, partner: Tensor, k: int) -> Tensor:
     """
     b = x.shape[0]
     work = torch.float64 if x.dtype == torch.float64 else torch.float32
-    flat = x.detach().reshape(b, -1).to(work)
+    # rows flattened in memory order (a view for channels_last too): distances do not depend
+    # on the order of the features
+    flat = to_memory(x.detach(), memory_order(x)).reshape(b, -1).to(work)
+    sq = flat.square().sum(1)
     index = torch.empty(b, dtype=torch.long)
     start = 0
     for size, count in ((k, b // k), (b % k, 1 if b % k else 0)):
@@ -100,8 +113,10 @@ def match_clouds(x: Tensor, order: Tensor, partner: Tensor, k: int) -> Tensor:
             continue
         rows = order[start : start + size * count].view(count, size)
         cols = partner[start : start + size * count].view(count, size)
-        a, c = flat[rows.to(x.device)], flat[cols.to(x.device)]  # (count, size, D)
-        norms = a.square().sum(-1, keepdim=True) + c.square().sum(-1).unsqueeze(1)
+        r, q = rows.reshape(-1).to(x.device), cols.reshape(-1).to(x.device)
+        a = flat.index_select(0, r).view(count, size, -1)  # (count, size, D)
+        c = flat.index_select(0, q).view(count, size, -1)
+        norms = sq[r].view(count, size, 1) + sq[q].view(count, 1, size)
         cost = torch.baddbmm(norms, a, c.transpose(1, 2), alpha=-2).clamp_min(0)  # squared distances
         perm = torch.from_numpy(linear_assignment(cost.cpu().double().numpy()))
         index[rows.reshape(-1)] = cols.gather(1, perm).reshape(-1)
