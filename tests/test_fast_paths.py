@@ -40,6 +40,35 @@ def test_blend_rounds_once_from_float32(dtype, per_sample, channels_last, monkey
     assert torch.equal(out, _reference_blend(x, index, lam))
 
 
+def test_half_rows_scratch_is_per_thread_and_grows():
+    """The float32 scratch of per-row half blends is reused across calls and sizes and is
+    not shared between threads: concurrent calls give the single-threaded results."""
+    import threading
+
+    g = torch.Generator().manual_seed(2)
+    cases = []
+    for b, size in ((64, 8), (9, 3), (128, 16)):  # a small call after a large one, then larger
+        x = torch.rand(b, 3, size, size, generator=g).bfloat16()
+        index, lam = torch.randperm(b, generator=g), torch.rand(b, generator=g, dtype=torch.float64)
+        cases.append((x, index, lam, _reference_blend(x, index, lam)))
+    for x, index, lam, ref in cases:
+        assert torch.equal(blend(x, index, lam), ref)
+    failures = []
+
+    def work():
+        for _ in range(20):
+            for x, index, lam, ref in cases:
+                if not torch.equal(blend(x, index, lam), ref):
+                    failures.append(x.shape)
+
+    threads = [threading.Thread(target=work) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not failures
+
+
 def test_blend_accepts_a_float_weight():
     x = torch.rand(6, 4)
     index = torch.tensor([5, 4, 3, 2, 1, 0])
