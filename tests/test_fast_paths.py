@@ -69,6 +69,30 @@ def test_half_rows_scratch_is_per_thread_and_grows():
     assert not failures
 
 
+@pytest.mark.parametrize("shape", [(6, 2, 9), (6, 3, 8, 10), (5, 2, 4, 6, 7)])
+def test_gather_region_equals_the_region_gather(shape):
+    """Band or direct gather, the values are the box's rows of the partners, for any box."""
+    from mixkit.functional.boxes import gather_region
+
+    g = torch.Generator().manual_seed(3)
+    for layout in ("plain", "channels_last", "strided"):
+        x = torch.rand(shape, generator=g)
+        if layout == "channels_last" and x.ndim in (4, 5):
+            x = x.contiguous(memory_format=torch.channels_last if x.ndim == 4 else torch.channels_last_3d)
+            x = x.permute((0,) + tuple(range(2, x.ndim)) + (1,))  # the memory-order view
+        elif layout == "strided":
+            x = torch.rand((shape[0], shape[1] * 2) + shape[2:], generator=g)[:, ::2]
+        index = torch.randperm(shape[0], generator=g)
+        for _ in range(30):
+            region = [slice(None)]
+            for size in x.shape[1:]:
+                a = int(torch.randint(0, size + 1, (1,), generator=g))
+                b = int(torch.randint(a, size + 1, (1,), generator=g))
+                region.append(slice(None) if bool(torch.rand(1, generator=g) < 0.3) else slice(a, b))
+            region = tuple(region)
+            assert torch.equal(gather_region(x, index, region), x[region].index_select(0, index))
+
+
 def test_blend_accepts_a_float_weight():
     x = torch.rand(6, 4)
     index = torch.tensor([5, 4, 3, 2, 1, 0])

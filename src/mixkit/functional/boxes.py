@@ -28,7 +28,7 @@ from mixkit.functional.blend import (
     to_memory,
 )
 
-__all__ = ["sample_cut_boxes", "box_fraction", "one_box_fraction", "box_mask", "box_weight", "paste_boxes", "paste_resized"]
+__all__ = ["sample_cut_boxes", "box_fraction", "one_box_fraction", "box_mask", "box_weight", "gather_region", "paste_boxes", "paste_resized"]
 
 
 def sample_cut_boxes(lam: Tensor, spatial: Sequence[int], *, generator: torch.Generator | None = None) -> Tensor:
@@ -138,6 +138,37 @@ def _slices(box: Tensor, d: int, order: tuple[int, ...] | None = None) -> tuple[
     return (slice(None), slice(None)) + spatial if order is None else (slice(None),) + spatial + (slice(None),)
 
 
+def gather_region(view: Tensor, index: Tensor, region: tuple[slice, ...]) -> Tensor:
+    """``view[region].index_select(0, index)``, a view of the same values.
+
+    Gathering a box's rows directly runs an element-by-element kernel; when the box spans most
+    of its trailing dims, the rows of the whole band it lies in are gathered instead (one copy
+    per contiguous run, 2-4x faster) and the box sliced out of them.
+
+    Args:
+        view: ``(B, ...)`` tensor, contiguous in its own dim order.
+        index: ``(B,)`` rows to gather.
+        region: one slice per dim of ``view`` (the first ``slice(None)``).
+    """
+    shape = view.shape
+    for k in range(1, view.ndim):
+        start, stop, _ = region[k].indices(shape[k])
+        if (start, stop) == (0, shape[k]):
+            continue
+        band = region[: k + 1] + (slice(None),) * (view.ndim - k - 1)
+        inner = math.prod(shape[k + 1 :])
+        kept = math.prod(len(range(*region[j].indices(shape[j]))) for j in range(k + 1, view.ndim))
+        if view.is_contiguous() and inner <= _BAND_WASTE * max(kept, 1):
+            return view[band].index_select(0, index)[(slice(None),) * (k + 1) + region[k + 1 :]]
+        break
+    return view[region].index_select(0, index)
+
+
+#: how many times the box's own elements the band around it may hold for :func:`gather_region`
+#: to gather the band (its copy runs several times faster per element)
+_BAND_WASTE = 3
+
+
 def paste_boxes(x: Tensor, index: Tensor, boxes: Tensor) -> Tensor:
     """Copy ``x[index]`` into ``x`` inside ``boxes``, out of place (any dtype, uint8 included).
 
@@ -155,7 +186,7 @@ def paste_boxes(x: Tensor, index: Tensor, boxes: Tensor) -> Tensor:
         if torch.is_grad_enabled() and x.requires_grad:
             return match_format(from_memory(_BoxPaste.apply(view, index, region), order), x)
         out = view.clone()
-        out[region] = view[region].index_select(0, index)
+        out[region] = gather_region(view, index, region)
         return match_format(from_memory(out, order), x)
     partner = take_rows(view, index)
     return match_format(from_memory(_paste_into(view, partner, boxes, order), order), x)
@@ -171,7 +202,7 @@ class _BoxPaste(torch.autograd.Function):
         ctx.save_for_backward(index)
         ctx.region = region
         out = x.clone()
-        out[region] = x[region].index_select(0, index)
+        out[region] = gather_region(x, index, region)
         return out
 
     @staticmethod

@@ -35,7 +35,7 @@ from mixkit.functional.blend import (
     take_rows,
     to_memory,
 )
-from mixkit.functional.boxes import _slices, box_mask, box_weight
+from mixkit.functional.boxes import _slices, box_mask, box_weight, gather_region
 
 __all__ = [
     "gaussian_blob",
@@ -164,7 +164,7 @@ def hybrid_blend(x: Tensor, index: Tensor, boxes: Tensor, outside: Tensor) -> Te
     if boxes.shape[0] == 1:
         out = to_memory(blend(x, index, outside), order)  # a new tensor
         region = _slices(boxes[0], d, order)
-        out[region] = view[region].index_select(0, index)
+        out[region] = gather_region(view, index, region)
         return match_format(from_memory(out, order), x)
     work = torch.float32 if x.dtype in _HALF else x.dtype
     off_box = 1.0 - box_weight(boxes, x.shape, work, order, x.device)
