@@ -86,6 +86,36 @@ def compared_table(rows: list[dict]) -> list[str]:
     return lines
 
 
+def summary(rows: list[dict]) -> list[str]:
+    """The targets of the speed issue, counted from the rows: mixkit at most the fastest peer
+    (out of place), and per-sample (``elem``) mode at least 10 times faster than timm's."""
+    table = _index([r for r in rows if r.get("group") == "compared"])
+    med = lambda libs, k: libs[k]["median_ms"] if k in libs and libs[k]["status"] == "ok" else None  # noqa: E731
+    name = lambda key: " ".join(str(v) for v in key if v != "cpu")  # noqa: E731
+    compared, losing, elem = 0, [], []
+    for key, libs in table.items():
+        mine = med(libs, "mixkit")
+        peers = [v for v in (med(libs, p) for p in PEERS) if v is not None]
+        if mine is None or not peers:
+            continue
+        compared += 1
+        if mine > min(peers):
+            losing.append(f"{name(key)} ({mine / min(peers):.2f})")
+        timm = med(libs, "timm")
+        if key[3] == "elem" and timm is not None:
+            elem.append((timm / mine, name(key)))
+    if not compared:
+        return []
+    lines = [f"- mixkit's median is at most the fastest peer's in **{compared - len(losing)} of {compared}** rows"
+             + (f"; slower in: {', '.join(losing)} (mixkit / fastest peer)." if losing else ".")]
+    if elem:
+        short = sorted(e for e in elem if e[0] < 10)
+        lines.append(f"- Per-sample mode against timm's `elem`: **{len(elem) - len(short)} of {len(elem)}** rows at "
+                     f"least 10 times faster (range {min(elem)[0]:.1f}x to {max(elem)[0]:.1f}x)"
+                     + (f"; under 10x: {', '.join(f'{n} ({r:.1f}x)' for r, n in short)}." if short else "."))
+    return lines
+
+
 def others_table(rows: list[dict]) -> list[str]:
     rows = [r for r in rows if r.get("group") == "mixkit-only" and r["lib"] == "mixkit"]
     if not rows:
@@ -147,7 +177,7 @@ def render(result: dict) -> str:
     ]
     if skipped:
         lines += ["Peers skipped in this run: " + "; ".join(f"{k} ({v})" for k, v in skipped.items()) + ".", ""]
-    lines += ["## Operations a peer also offers", "", *compared_table(result["rows"]), "",
+    lines += ["## Operations a peer also offers", "", *summary(result["rows"]), "", *compared_table(result["rows"]), "",
               "## Every other mixkit method (mixkit only)", "",
               "Each method with its default hyper-parameters; methods that need a model (feature-level, "
               "learnable) are timed as `sample` + `apply` on the input itself. Columns: size, dtype and pass "
