@@ -31,9 +31,12 @@ __all__ = [
 ]
 
 
+_CHECKED: list[torch.Generator] = []  # the last generator that passed (a generator's device is fixed)
+
+
 def check_generator(generator: torch.Generator | None) -> None:
     """Raise if ``generator`` is neither ``None`` nor a CPU ``torch.Generator``."""
-    if generator is None:
+    if generator is None or (_CHECKED and generator is _CHECKED[0]):
         return
     if not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
@@ -42,6 +45,7 @@ def check_generator(generator: torch.Generator | None) -> None:
             "generator must live on the CPU (mixkit samples on the CPU and moves the results "
             f"to the input's device once); got a generator on {generator.device}"
         )
+    _CHECKED[:] = [generator]
 
 
 def uniform(

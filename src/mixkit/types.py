@@ -89,7 +89,7 @@ class MixTarget:
         own = _arange(b, dev)
         lam = lam.to(device=dev, dtype=_weight_dtype(labels))
         idx = torch.stack([own, index.to(dev)], dim=1)
-        weight = torch.stack([lam, 1.0 - lam], dim=1)
+        weight = torch.stack([lam, torch.rsub(lam, 1.0)], dim=1)  # rsub: no Python operator wrapper
         return cls(labels, idx, weight, num_classes)
 
     @property

@@ -119,8 +119,10 @@ def blend(x: Tensor, index: Tensor, lam: Tensor | float, *, check_uniform: bool 
             return _ScalarBlend.apply(x, index.to(x.device), value)
         assert isinstance(lam, Tensor)
         return _RowBlend.apply(x, index.to(x.device), lam.to(x.device))
+    # below, autograd sees x only together with a learned lambda (lam_grad); otherwise the
+    # gathered partners, a temporary, hold the result
     if value is not None:
-        out = _lerp_into(take_rows(view, index), view, value)
+        out = take_rows(view, index).lerp_(view, value)
     elif x.dtype in _HALF and not (torch.is_grad_enabled() and x.requires_grad):
         assert isinstance(lam, Tensor)
         out = _blend_half_rows(view, index, lam)
@@ -129,7 +131,8 @@ def blend(x: Tensor, index: Tensor, lam: Tensor | float, *, check_uniform: bool 
         work = view.float() if x.dtype in _HALF else view
         shape = (lam.shape[0],) + (1,) * (x.ndim - 1)
         w = lam.to(device=x.device, dtype=work.dtype).view(shape)
-        out = _lerp_into(take_rows(work, index), work, w).to(x.dtype)
+        partner = take_rows(work, index)
+        out = (torch.lerp(partner, work, w) if lam_grad else partner.lerp_(work, w)).to(x.dtype)
     return match_format(from_memory(out, order), x)
 
 
