@@ -70,11 +70,12 @@ def test_half_rows_scratch_is_per_thread_and_grows():
 
 
 @pytest.mark.parametrize("shape", [(6, 2, 9), (6, 3, 8, 10), (5, 2, 4, 6, 7)])
-def test_gather_region_equals_the_region_gather(shape):
+def test_gather_box_equals_the_region_gather(shape):
     """Band or direct gather, the values are the box's rows of the partners, for any box."""
-    from mixkit.functional.boxes import gather_region
+    from mixkit.functional.boxes import _gather_box
 
     g = torch.Generator().manual_seed(3)
+    draw = lambda high: int(torch.randint(0, high, (1,), generator=g))  # noqa: E731
     for layout in ("plain", "channels_last", "strided"):
         x = torch.rand(shape, generator=g)
         if layout == "channels_last" and x.ndim in (4, 5):
@@ -83,14 +84,17 @@ def test_gather_region_equals_the_region_gather(shape):
         elif layout == "strided":
             x = torch.rand((shape[0], shape[1] * 2) + shape[2:], generator=g)[:, ::2]
         index = torch.randperm(shape[0], generator=g)
-        for _ in range(30):
-            region = [slice(None)]
-            for size in x.shape[1:]:
-                a = int(torch.randint(0, size + 1, (1,), generator=g))
-                b = int(torch.randint(a, size + 1, (1,), generator=g))
-                region.append(slice(None) if bool(torch.rand(1, generator=g) < 0.3) else slice(a, b))
-            region = tuple(region)
-            assert torch.equal(gather_region(x, index, region), x[region].index_select(0, index))
+        for _ in range(40):
+            region, spans = [slice(None)], []
+            for dim, size in enumerate(x.shape[1:], start=1):
+                if dim == 1 and draw(2):  # the leading dim left out of the box (channels)
+                    region.append(slice(None))
+                    continue
+                a = 0 if draw(3) == 0 else draw(size + 1)
+                b = size if draw(3) == 0 else a + draw(size - a + 1)
+                region.append(slice(a, b))
+                spans.append((dim, a, b - a))
+            assert torch.equal(_gather_box(x, index, spans), x[tuple(region)].index_select(0, index))
 
 
 def test_blend_accepts_a_float_weight():

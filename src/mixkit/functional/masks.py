@@ -35,7 +35,7 @@ from mixkit.functional.blend import (
     take_rows,
     to_memory,
 )
-from mixkit.functional.boxes import _slices, box_mask, box_weight, gather_region
+from mixkit.functional.boxes import _gather_box, _narrow, _spans, box_mask, box_weight
 
 __all__ = [
     "gaussian_blob",
@@ -163,8 +163,8 @@ def hybrid_blend(x: Tensor, index: Tensor, boxes: Tensor, outside: Tensor) -> Te
     view = to_memory(x, order)
     if boxes.shape[0] == 1:
         out = to_memory(blend(x, index, outside), order)  # a new tensor
-        region = _slices(boxes[0], d, order)
-        out[region] = gather_region(view, index, region)
+        spans = _spans(boxes[0], d, order)
+        _narrow(out, spans).copy_(_gather_box(view, index, spans))
         return match_format(from_memory(out, order), x)
     work = torch.float32 if x.dtype in _HALF else x.dtype
     off_box = 1.0 - box_weight(boxes, x.shape, work, order, x.device)

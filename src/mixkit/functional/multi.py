@@ -33,7 +33,7 @@ from mixkit.functional.blend import (
     memory_order,
     to_memory,
 )
-from mixkit.functional.boxes import _slices, box_mask
+from mixkit.functional.boxes import _gather_box, _narrow, _spans, box_mask
 from mixkit.functional.matching import linear_assignment, match_clouds  # re-exported here
 
 __all__ = [
@@ -336,8 +336,8 @@ def paste_nested(x: Tensor, sources: Tensor, boxes: Tensor) -> Tensor:
         view = to_memory(x, order)
         out = view.clone()
         for j in range(boxes.shape[1]):
-            region = _slices(boxes[0, j], d, order)
-            out[region] = view[region].index_select(0, sources[:, j + 1])
+            spans = _spans(boxes[0, j], d, order)
+            _narrow(out, spans).copy_(_gather_box(view, sources[:, j + 1], spans))
         return match_format(from_memory(out, order), x)
     spatial = tuple(x.shape[2:])
     start = sources * math.prod(spatial)  # (B, K) flat offset of each source
