@@ -46,6 +46,12 @@ def _arange(n: int, device: torch.device) -> Tensor:
     return torch.arange(n, device=device)
 
 
+@functools.lru_cache(maxsize=16)
+def _pair_constants(dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
+    """``([0, 1], [1, -1])`` for :meth:`MixTarget.pair` (read only)."""
+    return torch.tensor([0.0, 1.0], dtype=dtype, device=device), torch.tensor([1.0, -1.0], dtype=dtype, device=device)
+
+
 @dataclass(frozen=True, eq=False)
 class MixTarget:
     """Labels of a mixed batch: ``k`` source rows per sample and their weights.
@@ -89,7 +95,9 @@ class MixTarget:
         own = _arange(b, dev)
         lam = lam.to(device=dev, dtype=_weight_dtype(labels))
         idx = torch.stack([own, index.to(dev)], dim=1)
-        weight = torch.stack([lam, torch.rsub(lam, 1.0)], dim=1)  # rsub: no Python operator wrapper
+        # [lam, 1 - lam] in one op: [0, 1] + lam * [1, -1] (exact: the products are)
+        offset, sign = _pair_constants(lam.dtype, dev)
+        weight = torch.addcmul(offset, lam.unsqueeze(1), sign)
         return cls(labels, idx, weight, num_classes)
 
     @property
