@@ -87,6 +87,10 @@ class MixMethod:
         """The method's mixing, on params known to fit ``x``."""
         raise NotImplementedError
 
+    def _mix_(self, x: Tensor, params: Params) -> Tensor:
+        """:meth:`_mix` written into ``x`` (methods with an ``inplace`` option)."""
+        raise NotImplementedError(f"{type(self).__name__} has no in-place mixing")
+
     def target(self, y: Tensor, params: Params) -> MixTarget:
         """The mixed target of labels ``y`` under ``params`` (two sources by default)."""
         return MixTarget.pair(y, params.index, params.lam, self.num_classes)
@@ -100,19 +104,29 @@ class MixMethod:
         """Mix a batch and its labels.
 
         Args:
-            x: ``(B, C, *spatial)`` batch; never modified.
+            x: ``(B, C, *spatial)`` batch; never modified, unless the method was built with
+                ``inplace=True`` (where offered), which writes the mixed batch into ``x``.
             y: integer labels ``(B,)`` or soft labels ``(B, K)``; never modified.
             generator: CPU generator for the draws (torch's global one if ``None``).
 
         Returns:
-            The mixed batch (always a new tensor, a plain copy when probability ``p`` said no),
-            its target and the params.
+            The mixed batch (a new tensor, a plain copy when probability ``p`` said no; ``x``
+            itself with ``inplace=True``), its target and the params.
         """
         rng.check_generator(generator)
         self.check(x, y)
+        inplace = getattr(self, "inplace", False)
+        if inplace and torch.is_grad_enabled() and x.requires_grad:
+            raise ValueError(
+                f"{type(self).__name__}(inplace=True) writes into x, but x requires grad: autograd "
+                "cannot see through that; build the method with inplace=False"
+            )
         params = self.sample(x, y, generator=generator)
         unchanged = self.identity_at_full_lambda and params.lam_value == 1.0
-        mixed = x.clone() if unchanged else self._mix(x, params)
+        if inplace:
+            mixed = x if unchanged else self._mix_(x, params)
+        else:
+            mixed = x.clone() if unchanged else self._mix(x, params)
         return MixOutput(mixed, self.target(y, params), params)
 
     # ------------------------------------------------------------------------- training

@@ -176,3 +176,10 @@ def check_choice(value: str, choices: Sequence[str], name: str) -> str:
     if value not in choices:
         raise HyperParameterError(f"{name} must be one of {list(choices)}, got {value!r}")
     return value
+
+
+def check_flag(value: bool, name: str) -> bool:
+    """A boolean option (not a truthy value: ``inplace="no"`` would mean yes)."""
+    if not isinstance(value, bool):
+        raise HyperParameterError(f"{name} must be True or False, got {value!r}")
+    return value

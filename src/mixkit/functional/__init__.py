@@ -4,18 +4,22 @@ They take explicit params (indices, lambdas, boxes, masks) and never draw random
 except the ``sample_*`` functions, which take a ``generator``.
 """
 
-from mixkit.functional.blend import bc_plus_blend, blend, mask_blend
-from mixkit.functional.boxes import box_fraction, box_mask, paste_boxes, paste_resized, sample_cut_boxes
+from mixkit.functional.blend import bc_plus_blend, blend, blend_, gather_rows_scratch, mask_blend, release_scratch
+from mixkit.functional.boxes import box_fraction, box_mask, paste_boxes, paste_boxes_, paste_resized, sample_cut_boxes
 from mixkit.functional.fourier import binarise_mask, fourier_noise
 
 __all__ = [
     "blend",
+    "blend_",
+    "gather_rows_scratch",
+    "release_scratch",
     "bc_plus_blend",
     "mask_blend",
     "sample_cut_boxes",
     "box_fraction",
     "box_mask",
     "paste_boxes",
+    "paste_boxes_",
     "paste_resized",
     "fourier_noise",
     "binarise_mask",

@@ -7,6 +7,7 @@ Follows Zhang et al., "mixup: Beyond Empirical Risk Minimization" (ICLR 2018) an
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -14,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["blend", "bc_plus_blend", "mask_blend", "select_by_mask", "match_format", "memory_order", "gather_rows", "take_rows", "select_rows"]
+__all__ = ["blend", "blend_", "gather_rows_scratch", "release_scratch", "bc_plus_blend", "mask_blend", "select_by_mask", "match_format", "memory_order", "gather_rows", "take_rows", "select_rows"]
 
 
 def match_format(out: Tensor, like: Tensor) -> Tensor:
@@ -185,31 +186,38 @@ class _RowBlend(torch.autograd.Function):
         return grad.index_add_(0, index, gw.mul_(1.0 - w) if gw is not g else gw * (1.0 - w)).to(g.dtype), None, None
 
 
-def _blend_half_rows(view: Tensor, index: Tensor, lam: Tensor) -> Tensor:
+def _blend_half_rows(view: Tensor, index: Tensor, lam: Tensor, *, partners: Tensor | None = None,
+                     out: Tensor | None = None) -> Tensor:
     """:func:`blend` of half-precision rows with per-row weights, in float32 chunks.
 
     On the CPU the float32 work runs in scratch buffers kept per thread and reused across
     calls: fresh megabyte temporaries are often handed back to the system when freed, and
     touching them again costs page faults worth several times the arithmetic.
+
+    ``partners``: the rows ``view[index]``, already gathered (``index`` is then unused);
+    ``out``: a contiguous tensor like ``view`` to write into (``view`` itself for
+    :func:`blend_`: each chunk reads its own rows before writing them).
     """
     b = view.shape[0]
     view = view.contiguous()
     flat = view.view(b, -1)
     rn = flat.shape[1]
     rows = max(1, _HALF_CHUNK // max(1, rn))
-    out = torch.empty_like(flat)
+    out = torch.empty_like(flat) if out is None else out.view(b, -1)
     index = index.to(view.device)
     w = lam.to(device=view.device, dtype=torch.float32).view(b, 1)
+    src = None if partners is None else partners.reshape(b, -1)
     if view.device.type != "cpu":
         for s in range(0, b, rows):
             e = min(b, s + rows)
-            out[s:e] = flat.index_select(0, index[s:e]).float().lerp_(flat[s:e].float(), w[s:e])
+            g = flat.index_select(0, index[s:e]) if src is None else src[s:e]
+            out[s:e] = g.float().lerp_(flat[s:e].float(), w[s:e])
         return out.view(view.shape)
     gathered, part, own = _scratch(min(rows, b) * rn, view.dtype)
     for s in range(0, b, rows):
         e = min(b, s + rows)
         n = (e - s) * rn
-        g = torch.index_select(flat, 0, index[s:e], out=gathered[:n].view(e - s, rn))
+        g = torch.index_select(flat, 0, index[s:e], out=gathered[:n].view(e - s, rn)) if src is None else src[s:e]
         a = part[:n].view(e - s, rn).copy_(g)
         out[s:e] = a.lerp_(own[:n].view(e - s, rn).copy_(flat[s:e]), w[s:e])
     return out.view(view.shape)
@@ -228,6 +236,65 @@ def _scratch(numel: int, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
         bufs[dtype] = have
         _SCRATCH.bufs = bufs
     return have
+
+
+def gather_rows_scratch(view: Tensor, index: Tensor) -> Tensor:
+    """``view[index]`` for a contiguous ``view``, written into a buffer reused across calls.
+
+    The in-place methods gather the partners here: on the CPU a fresh batch-sized tensor costs
+    its page faults on every call (a batch of 128 float32 images at 224x224 is 77 MB, which
+    the C allocator always maps afresh), several times the copy itself. The buffer is kept
+    per thread, dtype and device type (CPU only; other devices allocate normally), grows to
+    the largest batch seen and is valid until the next call on the same thread; free it with
+    :func:`release_scratch`.
+    """
+    index = index.to(view.device)
+    if view.device.type != "cpu":
+        return take_rows(view, index)
+    numel = index.shape[0] * math.prod(view.shape[1:])
+    rows = getattr(_SCRATCH, "rows", {})
+    buf = rows.get(view.dtype)
+    if buf is None or buf.numel() < numel:
+        buf = rows[view.dtype] = torch.empty(numel, dtype=view.dtype)
+        _SCRATCH.rows = rows
+    out = buf[:numel].view((index.shape[0],) + tuple(view.shape[1:]))
+    torch.index_select(view.reshape(view.shape[0], -1), 0, index, out=out.view(index.shape[0], -1))
+    return out
+
+
+def release_scratch() -> None:
+    """Free this thread's reusable buffers (the in-place methods' partner rows and the
+    float32 scratch of half-precision blends); they are made again when next needed."""
+    for name in ("rows", "bufs"):
+        if hasattr(_SCRATCH, name):
+            delattr(_SCRATCH, name)
+
+
+def blend_(x: Tensor, index: Tensor, lam: Tensor | float) -> Tensor:
+    """:func:`blend` written into ``x`` (the same values); returns ``x``.
+
+    The partners are gathered first (into :func:`gather_rows_scratch`'s reusable buffer),
+    then one ``lerp`` writes the result over ``x``: no batch-sized tensor is allocated. ``x``
+    must not require grad.
+    """
+    if torch.is_grad_enabled() and (x.requires_grad or (isinstance(lam, Tensor) and lam.requires_grad)):
+        raise ValueError("blend_ writes into x: x and lam may not require grad (use blend)")
+    order = memory_order(x)
+    view = to_memory(x, order)
+    if not view.is_contiguous():
+        return x.copy_(blend(x, index, lam))
+    partners = gather_rows_scratch(view, index)
+    value = uniform_value(lam)
+    if value is not None:
+        torch.lerp(partners, view, value, out=view)
+    elif x.dtype in _HALF:
+        assert isinstance(lam, Tensor)
+        _blend_half_rows(view, index, lam, partners=partners, out=view)
+    else:
+        assert isinstance(lam, Tensor)
+        w = lam.to(device=x.device, dtype=x.dtype).view((lam.shape[0],) + (1,) * (x.ndim - 1))
+        torch.lerp(partners, view, w, out=view)
+    return x
 
 
 def bc_plus_blend(x: Tensor, index: Tensor, ratio: Tensor) -> Tensor:

@@ -22,13 +22,14 @@ from mixkit.functional.blend import (
     broadcasts_to,
     from_memory,
     gather_rows,
+    gather_rows_scratch,
     match_format,
     memory_order,
     take_rows,
     to_memory,
 )
 
-__all__ = ["sample_cut_boxes", "box_fraction", "one_box_fraction", "box_mask", "box_weight", "paste_boxes", "paste_resized"]
+__all__ = ["sample_cut_boxes", "box_fraction", "one_box_fraction", "box_mask", "box_weight", "paste_boxes", "paste_boxes_", "paste_resized"]
 
 
 def sample_cut_boxes(lam: Tensor, spatial: Sequence[int], *, generator: torch.Generator | None = None) -> Tensor:
@@ -197,6 +198,34 @@ def paste_boxes(x: Tensor, index: Tensor, boxes: Tensor) -> Tensor:
         return match_format(from_memory(out, order), x)
     partner = take_rows(view, index)
     return match_format(from_memory(_paste_into(view, partner, boxes, order), order), x)
+
+
+def paste_boxes_(x: Tensor, index: Tensor, boxes: Tensor) -> Tensor:
+    """:func:`paste_boxes` written into ``x`` (the same values); returns ``x``.
+
+    One box: the partners' box rows are gathered, then copied over ``x``'s box (no copy of
+    the batch). One box per sample: the partners are gathered into a buffer reused across
+    calls (:func:`~mixkit.functional.blend.gather_rows_scratch`) and written over ``x``
+    inside the boxes in one pass. ``x`` must not require grad.
+    """
+    if torch.is_grad_enabled() and x.requires_grad:
+        raise ValueError("paste_boxes_ writes into x: x may not require grad (use paste_boxes)")
+    d = x.ndim - 2
+    index = index.to(x.device)
+    order = memory_order(x)
+    view = to_memory(x, order)
+    if boxes.shape[0] == 1:
+        spans = _spans(boxes[0], d, order)
+        _narrow(view, spans).copy_(_gather_box(view, index, spans))
+        return x
+    if not view.is_contiguous():
+        return x.copy_(paste_boxes(x, index, boxes))
+    partner = gather_rows_scratch(view, index)
+    if view.is_floating_point():
+        torch.lerp(view, partner, box_weight(boxes, x.shape, view.dtype, order, view.device), out=view)
+    else:
+        torch.where(to_memory(~box_mask(boxes, x.shape[2:], view.device), order), view, partner, out=view)
+    return x
 
 
 class _BoxPaste(torch.autograd.Function):

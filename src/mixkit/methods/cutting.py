@@ -25,11 +25,11 @@ from mixkit import rng
 from mixkit.base import MixMethod
 from mixkit.errors import DTypeError, HyperParameterError
 from mixkit.functional.blend import mask_blend
-from mixkit.functional.boxes import box_fraction, one_box_fraction, paste_boxes, paste_resized, sample_cut_boxes
+from mixkit.functional.boxes import box_fraction, one_box_fraction, paste_boxes, paste_boxes_, paste_resized, sample_cut_boxes
 from mixkit.functional.fourier import binarise_mask, fmix_counts, fourier_noise, top_count_mask
 from mixkit.registry import register
 from mixkit.types import BoxParams, MaskParams, ResizeParams
-from mixkit.validation import check_alpha, check_range
+from mixkit.validation import check_alpha, check_flag, check_range
 
 __all__ = ["CutMix", "ResizeMix", "FMix"]
 
@@ -74,6 +74,9 @@ class CutMix(MixMethod):
         p: probability of mixing the batch or each sample.
         mode: ``"batch"`` (one box) or ``"elem"`` (one lambda and box per sample).
         num_classes: number of classes, if known.
+        inplace: paste into ``x`` (which must not require grad) instead of a copy of it: one
+            box copies only the box; boxes per sample gather the partners into a buffer
+            reused across calls (:func:`mixkit.functional.gather_rows_scratch`).
 
     Example:
         >>> import torch, mixkit
@@ -89,10 +92,12 @@ class CutMix(MixMethod):
     needs_float = False
 
     def __init__(
-        self, *, alpha: float = 1.0, p: float = 1.0, mode: str = "batch", num_classes: int | None = None
+        self, *, alpha: float = 1.0, p: float = 1.0, mode: str = "batch", num_classes: int | None = None,
+        inplace: bool = False,
     ) -> None:
         super().__init__(p=p, mode=mode, num_classes=num_classes)
         self.alpha = check_alpha(alpha)
+        self.inplace = check_flag(inplace, "inplace")
 
     def sample(self, x: Tensor, y: Tensor | None = None, *, generator: torch.Generator | None = None) -> BoxParams:
         b, spatial = x.shape[0], tuple(x.shape[2:])
@@ -112,6 +117,9 @@ class CutMix(MixMethod):
 
     def _mix(self, x: Tensor, params: BoxParams) -> Tensor:
         return paste_boxes(x, params.index, params.boxes)
+
+    def _mix_(self, x: Tensor, params: BoxParams) -> Tensor:
+        return paste_boxes_(x, params.index, params.boxes)
 
 
 @register(

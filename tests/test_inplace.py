@@ -1,0 +1,73 @@
+"""The ``inplace=True`` option of Mixup and CutMix: the same values as out of place, written
+into the caller's tensor, with the partners gathered into a reused buffer."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+import torch
+
+import mixkit
+from mixkit.errors import HyperParameterError
+from mixkit.functional import blend, blend_, gather_rows_scratch, paste_boxes, paste_boxes_, release_scratch
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.mark.parametrize("name", ["mixup", "cutmix"])
+@pytest.mark.parametrize("mode", ["batch", "elem"])
+@pytest.mark.parametrize("p", [1.0, 0.5])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_inplace_call_equals_out_of_place(name, mode, p, dtype, channels_last):
+    x = torch.rand(16, 3, 9, 11, generator=gen(1)).to(dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.arange(16) % 5
+    ref = mixkit.create(name, mode=mode, p=p, num_classes=5)(x, y, generator=gen(2))
+    method = mixkit.create(name, mode=mode, p=p, num_classes=5, inplace=True)
+    mine = x.clone()
+    out = method(mine, y, generator=gen(2))
+    assert out.x is mine
+    assert torch.equal(mine, ref.x) and mine.stride() == ref.x.stride()
+    assert torch.equal(out.target.soft(), ref.target.soft())
+    assert pickle.loads(pickle.dumps(method)).inplace
+
+
+def test_inplace_cutmix_on_integer_images():
+    x = torch.randint(0, 256, (12, 3, 10, 10), generator=gen(3), dtype=torch.uint8)
+    for mode in ("batch", "elem"):
+        ref = mixkit.CutMix(mode=mode)(x, torch.arange(12), generator=gen(4)).x
+        mine = x.clone()
+        mixkit.CutMix(mode=mode, inplace=True)(mine, torch.arange(12), generator=gen(4))
+        assert torch.equal(mine, ref)
+
+
+def test_functional_inplace_forms_reuse_their_buffer_across_sizes():
+    """A small batch after a large one reuses (a prefix of) the buffer; results stay exact."""
+    release_scratch()
+    for b, size in ((32, 12), (5, 7), (40, 12)):
+        x = torch.rand(b, 3, size, size, generator=gen(b))
+        index, lam = torch.randperm(b, generator=gen(b + 1)), torch.rand(b, generator=gen(b + 2), dtype=torch.float64)
+        mine = x.clone()
+        assert blend_(mine, index, lam) is mine and torch.equal(mine, blend(x, index, lam))
+        boxes = torch.tensor([[1, 2, 5, 6]] * b)
+        mine = x.clone()
+        assert torch.equal(paste_boxes_(mine, index, boxes), paste_boxes(x, index, boxes))
+        assert torch.equal(gather_rows_scratch(x, index), x[index])
+    release_scratch()
+
+
+def test_inplace_refuses_what_autograd_needs():
+    x = torch.rand(4, 3, 5, 5, requires_grad=True)
+    with pytest.raises(ValueError, match="inplace=True.*requires grad"):
+        mixkit.MixUp(inplace=True)(x, torch.arange(4))
+    with pytest.raises(ValueError, match="may not require grad"):
+        blend_(x, torch.tensor([1, 0, 3, 2]), 0.3)
+    with torch.no_grad():  # fine without autograd
+        mixkit.CutMix(inplace=True)(x, torch.arange(4))
+    with pytest.raises(HyperParameterError, match="inplace must be True or False"):
+        mixkit.CutMix(inplace=1)
