@@ -104,21 +104,30 @@ def environment(peers: ops_peers.Peers) -> dict:
 
 
 # ---------------------------------------------------------------------------------- mixkit
-def mixkit_call(name: str, mode: str, y: torch.Tensor, num_classes: int, g: torch.Generator) -> Callable:
+def mixkit_call(name: str, mode: str, y: torch.Tensor, num_classes: int, g: torch.Generator,
+                inplace: bool = False) -> Callable:
     """``call(x)``: mixkit's ``method(x, y)`` and its dense soft target (or, for feature-level
-    methods that need a model, ``sample`` then ``apply`` on ``x`` itself)."""
+    methods that need a model, ``sample`` then ``apply`` on ``x`` itself). ``inplace``: the
+    method built with ``inplace=True``, mixing a tensor of its own again at every call."""
     info = mixkit.method_info(name)
     options = dict(MIXKIT_OPTIONS.get(name, {}))
     if "mode" in info.defaults:
         options["mode"] = mode
     if "num_classes" in info.defaults:
         options["num_classes"] = num_classes
+    if inplace:
+        options["inplace"] = True
     method = mixkit.create(name, **options)
     if "model" in info.needs:
         return lambda x: method.apply(x, method.sample(x, y, generator=g))
     dense = [True]
+    own: list[torch.Tensor] = []
 
     def call(x: torch.Tensor) -> torch.Tensor:
+        if inplace:
+            if not own:
+                own.append(x.detach().clone())
+            x = own[0]
         out = method(x, y, generator=g)
         if dense[0]:
             try:
@@ -224,6 +233,10 @@ def row_calls(key: dict, y: torch.Tensor, num_classes: int, libs: list[str], pee
                     calls[lib] = call
         if any(lib.startswith("timm") for lib in calls):
             calls["clone"] = lambda x: x.detach().clone()
+        if key["pass"] == "fwd" and "mixkit" in calls and "inplace" in mixkit.method_info(op).defaults:
+            calls["mixkit_inplace"] = mixkit_call(op, mode, y, num_classes, g, inplace=True)
+            if "timm" in libs and (call := ops_peers.timm_inplace(peers, op, mode, y, num_classes)) is not None:
+                calls["timm_inplace"] = call
     return calls, missing
 
 

@@ -27,10 +27,12 @@ LIBS_TABLE = [
     "| library | operations timed | mixes labels in the call | works in place |",
     "|---|---|---|---|",
     "| mixkit | every registered method (`method(x, y)`; mosaic with `placement=\"corner\"`) | yes: `MixTarget`, "
-    "made dense with `.soft()` inside the timed call | no (never mutates `x`) |",
+    "made dense with `.soft()` inside the timed call | no, unless built with `inplace=True` (Mixup, CutMix): the "
+    "*mixkit in place* column, on a tensor it overwrites at every call |",
     "| timm `Mixup` | mixup, cutmix (`mixup_alpha`/`cutmix_alpha`, the other 0), modes batch, elem, pair | "
     "yes: dense `(B, K)`, `label_smoothing=0` | **yes**: every mode writes into `x` (elem/pair keep a clone as "
-    "the source); timed on a fresh `x.clone()` per call, inside the timed call |",
+    "the source); timed on a fresh `x.clone()` per call, inside the timed call; the *timm in place* column: "
+    "on a tensor it overwrites at every call |",
     "| kornia | `RandomMixUpV2`, `RandomCutMixV2` (`use_correct_lambda=True`), `RandomMosaic`; `p=1.0` | mixup, "
     "cutmix: yes, `(B, 3)` rows `[y, y2, lambda]`; Mosaic: no labels | no |",
     "| mixup (PyPI) | `VanillaMixUp`, `CutMix`, `ResizeMix`, `FMix`, `SaliencyMix`, `PuzzleMix` (heuristic "
@@ -55,24 +57,20 @@ def _ms(r: dict | None) -> str:
 
 
 def _ratios(libs: dict[str, dict]) -> tuple[str, str]:
-    """mixkit / fastest peer, as measured (out of place) and counting timm without its clone."""
+    """mixkit / fastest peer out of place, and mixkit / timm in place (both measured in place)."""
     ok = {k: v["median_ms"] for k, v in libs.items() if v["status"] == "ok"}
     peers = {k: v for k, v in ok.items() if k in PEERS}
-    if "mixkit" not in ok or not peers:
-        return "-", "-"
     fmt = lambda r: f"**{r:.2f}**" if r > 1.0 else f"{r:.2f}"  # noqa: E731 - slower than a peer in bold
-    out_of_place = fmt(ok["mixkit"] / min(peers.values()))
-    if "clone" not in ok or not any(k.startswith("timm") for k in peers):
-        return out_of_place, "-"
-    in_place = {k: (v - ok["clone"] if k.startswith("timm") else v) for k, v in peers.items()}
-    return out_of_place, fmt(ok["mixkit"] / max(min(in_place.values()), 1e-9))
+    out_of_place = fmt(ok["mixkit"] / min(peers.values())) if "mixkit" in ok and peers else "-"
+    in_place = fmt(ok["mixkit_inplace"] / ok["timm_inplace"]) if {"mixkit_inplace", "timm_inplace"} <= set(ok) else "-"
+    return out_of_place, in_place
 
 
 def compared_table(rows: list[dict]) -> list[str]:
     lines = [
         "| operation | size | dtype | mode | pass | device | mixkit | " + " | ".join(HEADS[p] for p in PEERS)
-        + " | clone | mixkit / fastest peer | same, timm in place |",
-        "|---" * (10 + len(PEERS)) + "|",
+        + " | clone | mixkit / fastest peer | mixkit in place | timm in place | in place: mixkit / timm |",
+        "|---" * (12 + len(PEERS)) + "|",
     ]
     table = _index([r for r in rows if r.get("group") == "compared"])
     first = {op: i for i, op in enumerate(dict.fromkeys(k[0] for k in table))}
@@ -82,7 +80,7 @@ def compared_table(rows: list[dict]) -> list[str]:
         cells = [_ms(libs.get(lib)) for lib in ("mixkit",) + PEERS + ("clone",)]
         ratio, ratio_in_place = _ratios(libs)
         lines.append(f"| {op} | {size} | {dtype} | {mode} | {pass_} | {device} | " + " | ".join(cells)
-                     + f" | {ratio} | {ratio_in_place} |")
+                     + f" | {ratio} | {_ms(libs.get('mixkit_inplace'))} | {_ms(libs.get('timm_inplace'))} | {ratio_in_place} |")
     return lines
 
 
@@ -108,6 +106,13 @@ def summary(rows: list[dict]) -> list[str]:
         return []
     lines = [f"- mixkit's median is at most the fastest peer's in **{compared - len(losing)} of {compared}** rows"
              + (f"; slower in: {', '.join(losing)} (mixkit / fastest peer)." if losing else ".")]
+    pairs = [(med(libs, "mixkit_inplace") / med(libs, "timm_inplace"), name(key)) for key, libs in table.items()
+             if med(libs, "mixkit_inplace") is not None and med(libs, "timm_inplace") is not None]
+    if pairs:
+        slower = sorted((r, n) for r, n in pairs if r > 1)
+        lines.append(f"- In place (`inplace=True` against timm, each overwriting a tensor of its own): mixkit at most "
+                     f"timm's time in **{len(pairs) - len(slower)} of {len(pairs)}** rows"
+                     + (f"; slower in: {', '.join(f'{n} ({r:.2f})' for r, n in slower)}." if slower else "."))
     if elem:
         short = sorted(e for e in elem if e[0] < 10)
         lines.append(f"- Per-sample mode against timm's `elem`: **{len(elem) - len(short)} of {len(elem)}** rows at "
@@ -166,8 +171,9 @@ def render(result: dict) -> str:
         "",
         "timm works in place: its timed call is `Mixup(x.clone(), y)`, the out-of-place equivalent of the "
         "others; the `clone` column is `x.clone()` alone. *mixkit / fastest peer* compares with the peers as "
-        "timed (out of place); *same, timm in place* subtracts the clone from timm's time (what timm costs "
-        "when the caller lets it overwrite `x`). A ratio above 1 (bold) means mixkit is slower. `-`: the "
+        "timed (out of place). The in-place columns (forward rows of Mixup and CutMix) time mixkit built with "
+        "`inplace=True` and timm each on a tensor of its own that the call overwrites, again at every call "
+        "(no clone). A ratio above 1 (bold) means mixkit is slower. `-`: the "
         "library does not offer that operation/mode; `n/a`: not in mixkit, no gradient flows "
         "(not differentiable), or a backward too slow to time (mixup's PuzzleMix above 64x64: one autograd "
         "node per swapped block, each copying the whole gradient).",

@@ -135,17 +135,30 @@ def backward_too_slow(lib: str, op: str, size: int) -> str | None:
 Call = Callable[[Tensor], Tensor]
 
 
-def _timm(peers: Peers, op: str, timm_mode: str, y: Tensor, num_classes: int) -> Call | None:
+def _timm(peers: Peers, op: str, timm_mode: str, y: Tensor, num_classes: int, inplace: bool = False) -> Call | None:
     if op not in ("mixup", "cutmix"):
         return None
     alphas = {"mixup_alpha": 1.0, "cutmix_alpha": 0.0} if op == "mixup" else {"mixup_alpha": 0.0, "cutmix_alpha": 1.0}
     mix = peers.timm_mixup.Mixup(**alphas, prob=1.0, mode=timm_mode, label_smoothing=0.0, num_classes=num_classes)
+    own: list[Tensor] = []
 
     def call(x: Tensor) -> Tensor:
-        out, _target = mix(x.clone(), y)  # timm writes into its input: mix a fresh copy
+        if not inplace:
+            out, _target = mix(x.clone(), y)  # timm writes into its input: mix a fresh copy
+            return out
+        if not own:  # in place: a tensor of its own, mixed again at every call
+            own.append(x.detach().clone())
+        out, _target = mix(own[0], y)
         return out
 
     return call
+
+
+def timm_inplace(peers: Peers, op: str, mode: str, y: Tensor, num_classes: int) -> Call | None:
+    """timm's own in-place call, on a tensor kept (and overwritten) across calls."""
+    if peers.timm_mixup is None:
+        return None
+    return _timm(peers, op, mode, y, num_classes, inplace=True)
 
 
 def _kornia(peers: Peers, op: str, mode: str, y: Tensor) -> Call | None:
