@@ -40,8 +40,13 @@ def test_ops_benchmark_tiny_run(tmp_path):
                 "loadavg_1min", "threads"}
     for r in timed:
         assert set(r) == expected
-        assert r["lib"] == "mixkit" and r["size"] == 8 and r["dtype"] == "float32" and r["repeats"] == 1
+        assert r["lib"] in ("mixkit", "mixkit_inplace") and r["size"] == 8 and r["dtype"] == "float32"
+        assert r["repeats"] == 1
+        # the in-place variant: forward rows of the methods with an inplace option
+        assert r["lib"] == "mixkit" or (r["op"] in ("mixup", "cutmix") and r["pass"] == "fwd")
         assert 0 < r["q1_ms"] <= r["median_ms"] <= r["q3_ms"]
     assert all(r["status"] == "ok" for r in rows)
+    assert {(r["op"], r["mode"]) for r in timed if r["lib"] == "mixkit_inplace"} == {
+        (op, m) for op in ("mixup", "cutmix") for m in ("batch", "elem")}
     page = md.read_text()
     assert "| mixup | 8 | float32 | batch | fwd | cpu |" in page and "`ricap`" in page
