@@ -46,7 +46,8 @@ def sample_cut_boxes(lam: Tensor, spatial: Sequence[int], *, generator: torch.Ge
     d = len(spatial)
     if lam.numel() == 1:
         return _one_cut_box(float(lam.reshape(())), spatial, generator)
-    ratio = (1.0 - lam.to(torch.float64)).clamp(0, 1) ** (1.0 / d)
+    # torch.rsub, torch.pow: the operators' Python wrappers cost more than the ops here
+    ratio = torch.pow(torch.rsub(lam.to(torch.float64), 1.0).clamp_(0, 1), 1.0 / d)
     sizes = torch.tensor(list(spatial), dtype=torch.long)
     half = torch.floor(ratio.unsqueeze(1) * sizes).long().div_(2, rounding_mode="floor")  # (N, d)
     centre = torch.stack([rng.randint(0, size, (lam.shape[0],), generator=generator) for size in spatial], dim=1)

@@ -110,7 +110,7 @@ class CutMix(MixMethod):
             boxes = _empty_inactive(boxes, _mask_rows(active, self.mode))
             index = self._partner(index, active)
         if n > 1:
-            return BoxParams(index=index, lam=1.0 - box_fraction(boxes, spatial), boxes=boxes)
+            return BoxParams(index=index, lam=torch.rsub(box_fraction(boxes, spatial), 1.0), boxes=boxes)
         value = 1.0 - one_box_fraction(boxes, spatial)  # one box: every row keeps the same share
         lam = torch.full((b,), value, dtype=torch.float64)
         return BoxParams(index=index, lam=lam, boxes=boxes).with_lam_value(value)
