@@ -71,3 +71,15 @@ def test_inplace_refuses_what_autograd_needs():
         mixkit.CutMix(inplace=True)(x, torch.arange(4))
     with pytest.raises(HyperParameterError, match="inplace must be True or False"):
         mixkit.CutMix(inplace=1)
+
+
+def test_release_scratch_frees_every_kept_buffer():
+    from mixkit.functional import _slic
+
+    blend_mod = __import__("importlib").import_module("mixkit.functional.blend")
+    x = torch.rand(4, 3, 16, 16, generator=gen(5))
+    mixkit.create("superpixel_gridmix")(x, torch.arange(4), generator=gen(6))
+    blend_(x.clone(), torch.tensor([1, 0, 3, 2]), 0.4)
+    assert hasattr(_slic._local, "workspace") and hasattr(blend_mod._SCRATCH, "rows")
+    release_scratch()
+    assert not hasattr(_slic._local, "workspace") and not hasattr(blend_mod._SCRATCH, "rows")

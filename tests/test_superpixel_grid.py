@@ -1,10 +1,12 @@
 """SuperpixelGridCut, SuperpixelGridMean and SuperpixelGridMix: the batched SLIC against a
-naive per-pixel re-implementation, partitions and locality of the superpixels, exact
+naive per-pixel re-implementation and, bit for bit, against the plain batched formulation
+its tuned engine reproduces; partitions and locality of the superpixels, exact
 per-superpixel means, and the three methods on hand-built params."""
 
 from __future__ import annotations
 
 import math
+import threading
 
 import numpy as np
 import pytest
@@ -13,6 +15,7 @@ import torch.nn.functional as F
 from conftest import gen
 
 import mixkit
+from mixkit.functional import _slic
 from mixkit.functional import superpixels as SP
 from mixkit.methods.superpixel_grid import SuperpixelParams
 
@@ -135,6 +138,121 @@ def test_batched_slic_matches_a_naive_per_pixel_slic(h, w, n):
     ours = SP.slic_labels(x, n, compactness=5.0, iterations=3)[0].numpy()
     ref = naive_slic(x, n, 5.0, 3)
     assert (ours == ref).mean() > 0.99
+
+
+def plain_slic(x: torch.Tensor, n: int, m: float = 10.0, iterations: int = 10) -> torch.Tensor:
+    """The plain batched formulation the tuned engine reproduces bit for bit: pixels in
+    zero-padded blocks ``(B, F, nb, P)``, one scatter-add of (features, 1) per update, the
+    4 candidates scored one after the other as ``|c|^2 - 2 <f, c>``, the first nearest kept."""
+    b, c, h, w = x.shape
+    gy, gx, bh, bw = SP.slic_grid(n, h, w)
+    top, left, scale = bh // 2, bw // 2, m / math.sqrt(bh * bw)
+    ry, rx = (h + top - 1) // bh + 1, (w + left - 1) // bw + 1
+
+    def blocks(t):
+        t = F.pad(t, (left, rx * bw - w - left, top, ry * bh - h - top)).view(t.shape[0], t.shape[1], ry, bh, rx, bw)
+        return t.permute(0, 1, 2, 4, 3, 5).reshape(t.shape[0], t.shape[1], ry * rx, bh * bw)
+
+    d = torch.tensor([0, 1])
+    rows = (torch.arange(ry).view(-1, 1, 1, 1) - 1 + d.view(1, 1, 2, 1)).clamp(0, gy - 1)
+    cols = (torch.arange(rx).view(1, -1, 1, 1) - 1 + d.view(1, 1, 1, 2)).clamp(0, gx - 1)
+    candidates = (rows * gx + cols).reshape(ry * rx, 4)
+    ys, xs = torch.meshgrid(torch.arange(h).float(), torch.arange(w).float(), indexing="ij")
+    pixels = x.float()
+    colour = blocks(SP.rgb_to_lab(pixels) if c == 3 else pixels.clamp(0.0, 1.0) * 100.0)
+    pos = torch.stack([ys, xs]).unsqueeze(0)
+    ones = torch.ones(1, 1, h, w)
+    feats = torch.cat([colour, blocks(pos).expand(b, -1, -1, -1), blocks(ones).expand(b, -1, -1, -1)], 1).flatten(2)
+    labels = blocks(((ys // bh) * gx + xs // bw).view(1, 1, h, w)).long()[:, 0].expand(b, -1, -1)
+    oy, ox = torch.arange(ry).float() * bh - top, torch.arange(rx).float() * bw - left
+    origin = torch.stack(torch.meshgrid(oy, ox, indexing="ij"), dim=-1).reshape(-1, 1, 2)
+    py, px = torch.meshgrid(torch.arange(bh).float(), torch.arange(bw).float(), indexing="ij")
+    local = torch.stack([py, px]).reshape(2, 1, -1) * scale
+    centres = torch.zeros(b, c + 2, gy * gx)
+    for _ in range(iterations):
+        sums = torch.zeros(b, c + 3, gy * gx).scatter_add_(2, labels.reshape(b, 1, -1).expand(b, c + 3, -1), feats)
+        counts = sums[:, c + 2 :]
+        centres = torch.where(counts > 0, sums[:, : c + 2] / counts.clamp_min(1.0), centres)
+        cand = centres.transpose(1, 2).contiguous().index_select(1, candidates.flatten()).view(b, -1, 4, c + 2)
+        cand = torch.cat([cand[..., :c], (cand[..., c:] - origin) * scale], dim=-1)
+        norms = cand.square().sum(dim=-1)
+        best = which = None
+        for j in range(4):
+            score = colour[:, 0] * cand[:, :, j, 0:1]
+            for i in range(1, c):
+                score.addcmul_(colour[:, i], cand[:, :, j, i : i + 1])
+            for i in range(2):
+                score.addcmul_(local[i], cand[:, :, j, c + i : c + i + 1])
+            score = torch.add(norms[:, :, j : j + 1], score, alpha=-2.0)
+            if j == 0:
+                best, which = score, torch.zeros_like(score, dtype=torch.long)
+            else:
+                which = torch.where(score < best, j, which)
+                best = torch.minimum(best, score)
+        labels = torch.gather(candidates.expand(b, -1, -1), 2, which)
+    image = labels.view(b, ry, rx, bh, bw).permute(0, 1, 3, 2, 4).reshape(b, ry * bh, rx * bw)
+    image = image[:, top : top + h, left : left + w].reshape(b, -1)
+    present = torch.zeros(b, gy * gx, dtype=torch.long).scatter_(1, image, 1)
+    return (present.cumsum(1) - 1).gather(1, image).view(b, h, w)
+
+
+@pytest.mark.parametrize(
+    "shape,n,m,iterations",
+    [
+        ((5, 3, 32, 32), 100, 10.0, 10),
+        ((3, 3, 17, 23), 30, 3.0, 4),
+        ((2, 1, 24, 28), 12, 1.0, 10),
+        ((2, 4, 31, 29), 64, 10.0, 2),
+    ],
+)
+def test_tuned_slic_equals_the_plain_formulation_bit_for_bit(shape, n, m, iterations):
+    for kind, seed in (("noise", 1), ("smooth", 2), ("flat", 3)):
+        x = torch.rand(shape, generator=gen(seed))
+        if kind == "smooth":
+            x = smooth_images(shape[0], shape[1], shape[2], shape[3], seed)
+        elif kind == "flat":  # exact ties between candidates
+            x = (x * 3).floor() / 2
+        ref = plain_slic(x, n, m, iterations)
+        for layout in (torch.contiguous_format, torch.channels_last):
+            ours = SP.slic_labels(x.contiguous(memory_format=layout), n, compactness=m, iterations=iterations)
+            assert torch.equal(ours, ref)
+        other = x.transpose(2, 3)  # neither contiguous nor channels-last
+        ours = SP.slic_labels(other, n, compactness=m, iterations=iterations)
+        assert torch.equal(ours, plain_slic(other, n, m, iterations))
+
+
+def test_the_engines_lab_equals_rgb_to_lab_bit_for_bit():
+    x = torch.randn(5, 3, 17, 23, generator=gen(4)) * 0.6 + 0.4  # also outside [0, 1]
+    for rgb in (x, x.contiguous(memory_format=torch.channels_last), x.transpose(2, 3), x.double(), x.bfloat16()):
+        out = torch.empty((rgb.shape[0], 3) + tuple(rgb.shape[2:]))
+        _slic.lab_into(rgb, out, _slic.Workspace(rgb.device))
+        assert torch.equal(out, SP.rgb_to_lab(rgb))
+
+
+@pytest.mark.parametrize("f", range(1, 10))
+def test_row_sum_adds_in_the_order_of_torchs_row_sum(f):
+    t = torch.randn(f, 4, 3, 5, generator=gen(f)) * torch.logspace(-4, 4, f).view(f, 1, 1, 1)
+    assert torch.equal(_slic.row_sum(t), t.movedim(0, -1).contiguous().sum(-1))
+
+
+def test_work_buffers_kept_between_calls_do_not_leak_into_other_calls():
+    xs = [torch.rand(3, 3, 24, 28, generator=gen(s)) for s in range(3)]
+    xs[1] = xs[1].contiguous(memory_format=torch.channels_last)
+    fresh = [plain_slic(x, 12) for x in xs]
+    for x, ref in zip(xs + xs[::-1], fresh + fresh[::-1]):  # same key, other layout, other data
+        assert torch.equal(SP.slic_labels(x, 12), ref)
+    assert torch.equal(SP.slic_labels(xs[0][:2], 12), fresh[0][:2])  # another batch size
+    results = {}
+
+    def work(i):
+        results[i] = [SP.slic_labels(xs[i % 3], 12) for _ in range(3)]
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(torch.equal(r, fresh[i % 3]) for i, rs in results.items() for r in rs)
 
 
 # ---------------------------------------------------------------------------- statistics

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["blend", "blend_", "gather_rows_scratch", "release_scratch", "bc_plus_blend", "mask_blend", "select_by_mask", "match_format", "memory_order", "gather_rows", "take_rows", "select_rows"]
+__all__ = ["blend", "blend_", "gather_rows_scratch", "release_blend_scratch", "bc_plus_blend", "mask_blend", "select_by_mask", "match_format", "memory_order", "gather_rows", "take_rows", "select_rows"]
 
 
 def match_format(out: Tensor, like: Tensor) -> Tensor:
@@ -246,7 +246,7 @@ def gather_rows_scratch(view: Tensor, index: Tensor) -> Tensor:
     the C allocator always maps afresh), several times the copy itself. The buffer is kept
     per thread, dtype and device type (CPU only; other devices allocate normally), grows to
     the largest batch seen and is valid until the next call on the same thread; free it with
-    :func:`release_scratch`.
+    :func:`mixkit.functional.release_scratch`.
     """
     index = index.to(view.device)
     if view.device.type != "cpu":
@@ -262,9 +262,10 @@ def gather_rows_scratch(view: Tensor, index: Tensor) -> Tensor:
     return out
 
 
-def release_scratch() -> None:
-    """Free this thread's reusable buffers (the in-place methods' partner rows and the
-    float32 scratch of half-precision blends); they are made again when next needed."""
+def release_blend_scratch() -> None:
+    """Free this thread's buffers of this module (the in-place methods' partner rows and the
+    float32 scratch of half-precision blends); they are made again when next needed.
+    :func:`mixkit.functional.release_scratch` frees every reusable buffer of the thread."""
     for name in ("rows", "bufs"):
         if hasattr(_SCRATCH, name):
             delattr(_SCRATCH, name)

@@ -7,7 +7,8 @@ unpublished): 3-channel images are clustered in CIELAB (D65), the distance is
 ``D^2 = d_lab^2 + (compactness / S)^2 d_xy^2`` with ``S`` the side of the initial cells,
 compactness 10 and 10 iterations by default.
 
-The implementation is vectorised over the batch (no loop over images or pixels):
+The implementation is vectorised over the batch (no loop over images or pixels; the engine,
+tuned for CPU, is :mod:`mixkit.functional._slic`):
 
 * a ``gy x gx`` grid of initial cells (``gy * gx`` about ``n_segments``, :func:`slic_grid`)
   gives the centres, initialised at each cell's mean colour and centroid;
@@ -32,6 +33,7 @@ import torch
 from torch import Tensor
 
 from mixkit.errors import HyperParameterError, ShapeError
+from mixkit.functional import _slic
 
 __all__ = [
     "paint_segments",
@@ -42,10 +44,6 @@ __all__ = [
     "slic_grid",
     "slic_labels",
 ]
-
-#: sRGB (D65) to XYZ, and the D65 white point (the matrix and white scikit-image uses).
-_RGB_TO_XYZ = ((0.412453, 0.357580, 0.180423), (0.212671, 0.715160, 0.072169), (0.019334, 0.119193, 0.950227))
-_WHITE = (0.95047, 1.0, 1.08883)
 
 
 def rgb_to_lab(rgb: Tensor) -> Tensor:
@@ -63,7 +61,7 @@ def rgb_to_lab(rgb: Tensor) -> Tensor:
     lin = torch.where(low, lo, lin.add_(0.055).div_(1.055).pow_(2.4))
     r, g, b = lin.unbind(1)
     f = []
-    for row, white in zip(_RGB_TO_XYZ, _WHITE):
+    for row, white in zip(_slic.RGB_TO_XYZ, _slic.WHITE):
         t = r * (row[0] / white)
         t.add_(g, alpha=row[1] / white).add_(b, alpha=row[2] / white)
         small = t <= 0.008856
@@ -84,107 +82,6 @@ def slic_grid(n_segments: int, height: int, width: int) -> tuple[int, int, int, 
     cols = min(width, max(1, round(n_segments / rows)))
     bh, bw = -(-height // rows), -(-width // cols)
     return -(-height // bh), -(-width // bw), bh, bw
-
-
-class _Layout:
-    """Pixels regrouped in "dual" blocks: blocks of a cell's size shifted by half a cell, so
-    the pixels of one block all lie between the same 2 x 2 initial centres, their candidates
-    (SLIC's 2S x 2S window around each centre, with the centres at their birth places)."""
-
-    def __init__(self, h: int, w: int, n_segments: int, device: torch.device) -> None:
-        self.h, self.w = h, w
-        self.gy, self.gx, self.bh, self.bw = slic_grid(n_segments, h, w)
-        self.top, self.left = self.bh // 2, self.bw // 2
-        self.ry = (h + self.top - 1) // self.bh + 1
-        self.rx = (w + self.left - 1) // self.bw + 1
-        r = torch.arange(self.ry, device=device).view(-1, 1, 1, 1)
-        c = torch.arange(self.rx, device=device).view(1, -1, 1, 1)
-        d = torch.tensor([0, 1], device=device)
-        rows = (r - 1 + d.view(1, 1, 2, 1)).clamp(0, self.gy - 1)
-        cols = (c - 1 + d.view(1, 1, 1, 2)).clamp(0, self.gx - 1)
-        self.candidates = (rows * self.gx + cols).reshape(self.ry * self.rx, 4)  # (nb, 4)
-        ys = torch.arange(h, device=device, dtype=torch.float32).view(1, 1, h, 1).expand(1, 1, h, w)
-        xs = torch.arange(w, device=device, dtype=torch.float32).view(1, 1, 1, w).expand(1, 1, h, w)
-        self.valid = self.blocks(torch.ones(1, 1, h, w, device=device))  # (1, 1, nb, P)
-        self.positions = self.blocks(torch.cat([ys, xs], dim=1))  # (1, 2, nb, P), 0 on padding
-        cells = (ys // self.bh) * self.gx + xs // self.bw
-        self.cells = self.blocks(cells).long()[:, 0]  # (1, nb, P) birth cell of each pixel
-        oy = torch.arange(self.ry, device=device, dtype=torch.float32) * self.bh - self.top
-        ox = torch.arange(self.rx, device=device, dtype=torch.float32) * self.bw - self.left
-        self.origin = torch.stack(torch.meshgrid(oy, ox, indexing="ij"), dim=-1).reshape(-1, 1, 2)  # (nb, 1, 2)
-        py, px = torch.meshgrid(
-            torch.arange(self.bh, device=device, dtype=torch.float32),
-            torch.arange(self.bw, device=device, dtype=torch.float32),
-            indexing="ij",
-        )
-        self.local = torch.stack([py, px]).reshape(2, 1, -1)  # (2, 1, P): offsets in a block
-
-    def blocks(self, t: Tensor) -> Tensor:
-        """``(B, F, H, W)`` -> ``(B, F, nb, P)`` zero-padded dual blocks."""
-        b, f = t.shape[:2]
-        pad = (self.left, self.rx * self.bw - self.w - self.left, self.top, self.ry * self.bh - self.h - self.top)
-        t = torch.nn.functional.pad(t, pad).view(b, f, self.ry, self.bh, self.rx, self.bw)
-        return t.permute(0, 1, 2, 4, 3, 5).reshape(b, f, self.ry * self.rx, self.bh * self.bw)
-
-    def image(self, t: Tensor) -> Tensor:
-        """``(B, nb, P)`` -> ``(B, H, W)``, padding dropped."""
-        b = t.shape[0]
-        t = t.view(b, self.ry, self.rx, self.bh, self.bw).permute(0, 1, 3, 2, 4)
-        t = t.reshape(b, self.ry * self.bh, self.rx * self.bw)
-        return t[:, self.top : self.top + self.h, self.left : self.left + self.w]
-
-
-def _update(feats: Tensor, labels: Tensor, centres: Tensor) -> Tensor:
-    """Centres ``(B, F, K)`` moved to the mean (colour, position) of their pixels; empty
-    clusters stay put. ``feats`` ``(B, F + 1, N)`` holds each pixel's colour, position and
-    a last row of 1 (0 on padding, which so weighs nothing): one scatter-add gives the sums
-    and the counts."""
-    b, f, k = centres.shape
-    sums = centres.new_zeros(b, f + 1, k)
-    sums.scatter_add_(2, labels.reshape(b, 1, -1).expand(b, f + 1, -1), feats)
-    counts = sums[:, f:]
-    return torch.where(counts > 0, sums[:, :f] / counts.clamp_min(1.0), centres)
-
-
-def _assign(colour: Tensor, lay: _Layout, centres: Tensor, scale: float) -> Tensor:
-    """``(B, nb, P)`` the nearest of each pixel's 4 candidate centres (ties: the first).
-
-    Squared distances up to a per-pixel constant, ``|c|^2 - 2 <f, c>``, with positions
-    relative to each block's origin (small numbers, so float32 stays accurate); the running
-    minimum works in preallocated buffers.
-    """
-    b, f, _ = centres.shape
-    nb, c = lay.candidates.shape[0], colour.shape[1]
-    cand = centres.transpose(1, 2).contiguous().index_select(1, lay.candidates.flatten()).view(b, nb, 4, f)
-    cand = torch.cat([cand[..., :c], (cand[..., c:] - lay.origin) * scale], dim=-1)
-    norms = cand.square().sum(dim=-1).unsqueeze(-1)  # (B, nb, 4, 1)
-    cand = cand.permute(3, 2, 0, 1).unsqueeze(-1)  # (F, 4, B, nb, 1)
-    local = lay.local * scale  # (2, 1, P)
-    shape = (b,) + colour.shape[2:]
-    best, score = colour.new_empty(shape), colour.new_empty(shape)
-    closer = torch.empty(shape, dtype=torch.bool, device=colour.device)
-    which, step = (torch.zeros(shape, dtype=torch.uint8, device=colour.device) for _ in range(2))
-    for j in range(4):
-        out = best if j == 0 else score
-        torch.mul(colour[:, 0], cand[0, j], out=out)
-        for i in range(1, c):
-            out.addcmul_(colour[:, i], cand[i, j])
-        for i in range(2):
-            out.addcmul_(local[i], cand[c + i, j])
-        torch.add(norms[:, :, j], out, alpha=-2.0, out=out)
-        if j:  # candidates come in increasing j: the last strict improvement is the largest j
-            torch.lt(score, best, out=closer)
-            torch.minimum(best, score, out=best)
-            torch.mul(closer.view(torch.uint8), j, out=step)
-            torch.maximum(which, step, out=which)
-    return torch.gather(lay.candidates.unsqueeze(0).expand(b, -1, -1), 2, which.long())
-
-
-def _compact(labels: Tensor, k: int) -> Tensor:
-    """Relabel ``(B, N)`` labels in ``0..k-1`` to ``0..n_b-1`` per row, keeping their order."""
-    present = torch.zeros(labels.shape[0], k, dtype=torch.long, device=labels.device)
-    present.scatter_(1, labels, 1)
-    return (present.cumsum(dim=1) - 1).gather(1, labels)
 
 
 def slic_labels(x: Tensor, n_segments: int, *, compactness: float = 10.0, iterations: int = 10) -> Tensor:
@@ -216,22 +113,8 @@ def slic_labels(x: Tensor, n_segments: int, *, compactness: float = 10.0, iterat
         raise HyperParameterError(f"compactness must be a finite number > 0, got {compactness}")
     if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 0:
         raise HyperParameterError(f"iterations must be an integer >= 0, got {iterations!r}")
-    b, c, h, w = x.shape
-    lay = _Layout(h, w, n_segments, x.device)
-    pixels = x.to(torch.float32)
-    colour = lay.blocks(rgb_to_lab(pixels) if c == 3 else pixels.clamp(0.0, 1.0) * 100.0)
-    scale = compactness / math.sqrt(lay.bh * lay.bw)
-    k = lay.gy * lay.gx
-    labels = lay.cells.expand(b, -1, -1)
-    centres = torch.zeros(b, colour.shape[1] + 2, k, dtype=torch.float32, device=x.device)
-    if iterations:
-        feats = torch.cat([colour, lay.positions.expand(b, -1, -1, -1), lay.valid.expand(b, -1, -1, -1)], dim=1)
-        feats = feats.flatten(2)  # (B, F + 1, nb * P): colour, position, 1 (0 on padding)
-    for _ in range(iterations):
-        centres = _update(feats, labels, centres)
-        labels = _assign(colour, lay, centres, scale)
-    labels = lay.image(labels).reshape(b, h * w)
-    return _compact(labels, k).view(b, h, w)
+    h, w = x.shape[2:]
+    return _slic.segment(x.detach().to(torch.float32), slic_grid(n_segments, h, w), compactness, iterations)
 
 
 def segment_counts(labels: Tensor) -> Tensor:

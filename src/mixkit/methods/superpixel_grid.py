@@ -106,14 +106,17 @@ class _SuperpixelGrid(MixMethod):
     def _segments(self, x: Tensor, rows: Tensor) -> Tensor:
         """``(B, H, W)`` SLIC labels of the images in ``rows`` (0 elsewhere)."""
         b, _, h, w = x.shape
-        segments = torch.zeros(b, h, w, dtype=torch.long, device=x.device)
         rows = rows.to(x.device)
+        if bool(rows.all()):
+            return self._slic(x)
+        segments = torch.zeros(b, h, w, dtype=torch.long, device=x.device)
         if bool(rows.any()):
-            pixels = self._pixels(x[rows])
-            segments[rows] = slic_labels(
-                pixels, self.n_segments, compactness=self.compactness, iterations=self.iterations
-            )
+            segments[rows] = self._slic(x[rows])
         return segments
+
+    def _slic(self, x: Tensor) -> Tensor:
+        """``(B, H, W)`` SLIC labels of ``x``, read as pixels."""
+        return slic_labels(self._pixels(x), self.n_segments, compactness=self.compactness, iterations=self.iterations)
 
     def _draw(self, x: Tensor, active: Tensor, generator: torch.Generator | None) -> tuple[Tensor, Tensor, Tensor]:
         """Segment ``x`` where ``active`` and pick superpixels: ``(segments, selected, mask)``.
@@ -127,8 +130,7 @@ class _SuperpixelGrid(MixMethod):
         segments = self._segments(x, active)
         selected = select_segments(segment_counts(segments), self.ratio, keys.to(x.device))
         selected &= active.to(x.device).unsqueeze(1)
-        picked = selected.gather(1, segments.flatten(1)).view(b, 1, h, w)
-        return segments, selected, ~picked
+        return segments, selected, (~selected).gather(1, segments.flatten(1)).view(b, 1, h, w)
 
 
 class _LabelPreserving(_SuperpixelGrid):
