@@ -94,7 +94,9 @@ def test_gather_box_equals_the_region_gather(shape):
                 b = size if draw(3) == 0 else a + draw(size - a + 1)
                 region.append(slice(a, b))
                 spans.append((dim, a, b - a))
-            assert torch.equal(_gather_box(x, index, spans), x[tuple(region)].index_select(0, index))
+            ref = x[tuple(region)].index_select(0, index)
+            assert torch.equal(_gather_box(x, index, spans), ref)
+            assert torch.equal(_gather_box(x, index, spans, scratch=True), ref)  # the reused buffer
 
 
 def test_blend_accepts_a_float_weight():

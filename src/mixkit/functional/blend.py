@@ -239,7 +239,7 @@ def _scratch(numel: int, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
 
 
 def gather_rows_scratch(view: Tensor, index: Tensor) -> Tensor:
-    """``view[index]`` for a contiguous ``view``, written into a buffer reused across calls.
+    """``view[index]`` (a contiguous copy), written into a buffer reused across calls.
 
     The in-place methods gather the partners here: on the CPU a fresh batch-sized tensor costs
     its page faults on every call (a batch of 128 float32 images at 224x224 is 77 MB, which
@@ -251,14 +251,18 @@ def gather_rows_scratch(view: Tensor, index: Tensor) -> Tensor:
     index = index.to(view.device)
     if view.device.type != "cpu":
         return take_rows(view, index)
-    numel = index.shape[0] * math.prod(view.shape[1:])
+    shape = (index.shape[0],) + tuple(view.shape[1:])
+    numel = math.prod(shape)
     rows = getattr(_SCRATCH, "rows", {})
     buf = rows.get(view.dtype)
     if buf is None or buf.numel() < numel:
         buf = rows[view.dtype] = torch.empty(numel, dtype=view.dtype)
         _SCRATCH.rows = rows
-    out = buf[:numel].view((index.shape[0],) + tuple(view.shape[1:]))
-    torch.index_select(view.reshape(view.shape[0], -1), 0, index, out=out.view(index.shape[0], -1))
+    out = buf[:numel].view(shape)
+    if view.is_contiguous():  # whole rows: one copy per row
+        torch.index_select(view.view(view.shape[0], -1), 0, index, out=out.view(index.shape[0], -1))
+    else:
+        torch.index_select(view, 0, index, out=out)
     return out
 
 

@@ -152,13 +152,17 @@ def _narrow(t: Tensor, spans: Sequence[Span]) -> Tensor:
     return t
 
 
-def _gather_box(view: Tensor, index: Tensor, spans: Sequence[Span]) -> Tensor:
+def _gather_box(view: Tensor, index: Tensor, spans: Sequence[Span], *, scratch: bool = False) -> Tensor:
     """``_narrow(view, spans).index_select(0, index)``, as a view of the same values.
 
     Gathering a box's rows directly runs an element-by-element kernel; when the box spans most
     of its trailing dims, the rows of the whole band it lies in are gathered instead (one copy
-    per contiguous run, 2-4x faster) and the box narrowed out of them.
+    per contiguous run, 2-4x faster) and the box narrowed out of them. ``scratch``: gather into
+    the thread's reused buffer (:func:`~mixkit.functional.blend.gather_rows_scratch`; valid
+    until its next use), for a caller that copies the result at once: a fresh box of a large
+    batch costs page faults on the CPU, often more than the copy.
     """
+    gather = gather_rows_scratch if scratch else (lambda t, i: t.index_select(0, i))
     shape = view.shape
     for k, (dim, start, length) in enumerate(spans):
         if (start, length) == (0, shape[dim]):
@@ -168,9 +172,9 @@ def _gather_box(view: Tensor, index: Tensor, spans: Sequence[Span]) -> Tensor:
         for later_dim, _, later_length in spans[k + 1 :]:
             kept = kept // shape[later_dim] * later_length
         if view.is_contiguous() and inner <= _BAND_WASTE * max(kept, 1):
-            return _narrow(view.narrow(dim, start, length).index_select(0, index), spans[k + 1 :])
+            return _narrow(gather(view.narrow(dim, start, length), index), spans[k + 1 :])
         break
-    return _narrow(view, spans).index_select(0, index)
+    return gather(_narrow(view, spans), index)
 
 
 #: how many times the box's own elements the band around it may hold for :func:`_gather_box`
@@ -195,7 +199,7 @@ def paste_boxes(x: Tensor, index: Tensor, boxes: Tensor) -> Tensor:
         if torch.is_grad_enabled() and x.requires_grad:
             return match_format(from_memory(_BoxPaste.apply(view, index, spans), order), x)
         out = view.clone()
-        _narrow(out, spans).copy_(_gather_box(view, index, spans))
+        _narrow(out, spans).copy_(_gather_box(view, index, spans, scratch=True))
         return match_format(from_memory(out, order), x)
     partner = take_rows(view, index)
     return match_format(from_memory(_paste_into(view, partner, boxes, order), order), x)
@@ -217,7 +221,7 @@ def paste_boxes_(x: Tensor, index: Tensor, boxes: Tensor) -> Tensor:
     view = to_memory(x, order)
     if boxes.shape[0] == 1:
         spans = _spans(boxes[0], d, order)
-        _narrow(view, spans).copy_(_gather_box(view, index, spans))
+        _narrow(view, spans).copy_(_gather_box(view, index, spans, scratch=True))
         return x
     if not view.is_contiguous():
         return x.copy_(paste_boxes(x, index, boxes))
