@@ -286,16 +286,28 @@ def test_train_step_jsd_loss_and_decreasing_loss_on_a_fixed_batch():
 
 # ------------------------------------------------------------------ batched fast paths
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_whole_pixel_translation_gather_equals_the_resampling_warp(dtype):
-    from mixkit.functional.augment_ops import _affine, _translate, _warp
+def test_whole_pixel_translation_copies_equal_the_resampling_warp(dtype):
+    from mixkit.functional.augment_geometry import affine_matrices, translate, warp
 
     x = torch.rand(5, 3, 9, 12, generator=gen(11), dtype=dtype)
     shift = torch.tensor([0.0, 3.0, -4.0, 11.0, -13.0], dtype=torch.float64)  # past the edge too
     for op, axis in (("translate_x", 3), ("translate_y", 2)):
-        warped = _warp(x, _affine(op, shift, 9, 12))
-        torch.testing.assert_close(_translate(x, shift, axis), warped, atol=1e-5, rtol=0)
+        warped = warp(x, affine_matrices((op,), (5,), shift, 9, 12))
+        out = torch.empty_like(x)
+        translate(x, shift, axis, out)
+        torch.testing.assert_close(out, warped, atol=1e-5, rtol=0)
     half = torch.full((5,), 1.5, dtype=torch.float64)  # fractional shifts still resample
-    torch.testing.assert_close(apply_op(x, "translate_x", half), _warp(x, _affine("translate_x", half, 9, 12)))
+    warped = warp(x, affine_matrices(("translate_x",), (5,), half, 9, 12))
+    torch.testing.assert_close(apply_op(x, "translate_x", half), warped)
+
+
+def test_translations_grouped_by_shift_equal_each_row_alone():
+    x = torch.rand(40, 2, 7, 10, generator=gen(21))
+    op_index = torch.randint(7, 9, (40,), generator=gen(22))  # translate_x and translate_y
+    shift = torch.randint(-12, 13, (40,), generator=gen(23)).double()  # many runs, in no order
+    out = apply_ops(x, op_index, shift)
+    for r in range(40):
+        assert torch.equal(out[r : r + 1], apply_op(x[r : r + 1], AUGMIX_OPS[int(op_index[r])], shift[r : r + 1]))
 
 
 def test_apply_ops_with_source_rows_equals_gathering_the_rows_first():
@@ -311,14 +323,24 @@ def test_apply_ops_with_source_rows_equals_gathering_the_rows_first():
         apply_ops(x, op_index, mag, ALL_OPS, source=torch.tensor([0, 1, 2, 3, 4, 0, 0]))
 
 
-def test_chain_steps_in_place_equal_fresh_outputs():
-    from mixkit.functional.augment_ops import _apply_ops
+def test_grouped_results_are_each_rows_own():
+    from mixkit.errors import ShapeError
+    from mixkit.functional.augment_ops import apply_ops_grouped
 
     x = torch.rand(12, 3, 8, 8, generator=gen(14))
     op_index, mag = sample_ops((12,), (8, 8), severity=10, ops=ALL_OPS, generator=gen(15))
-    op_index[::3] = -1  # finished chains stay as they are
-    fresh = _apply_ops(x, op_index, mag, ALL_OPS)
-    assert torch.equal(_apply_ops(x.clone(), op_index, mag, ALL_OPS, inplace=True), fresh)
+    op_index[::3] = -1  # rows left alone are copied
+    source = torch.tensor([3, 0, 0, 2, 3, 1, 1, 5, 11, 10, 4, 4])
+    out = torch.empty_like(x)
+    order = apply_ops_grouped(x, source, op_index, mag, out, ALL_OPS)
+    assert sorted(order.tolist()) == list(range(12))
+    for j, r in enumerate(order.tolist()):
+        s = int(source[r])
+        assert torch.equal(out[j], apply_ops(x[s : s + 1], op_index[r : r + 1], mag[r : r + 1], ALL_OPS)[0])
+    with pytest.raises(ShapeError):
+        apply_ops_grouped(x, source, op_index, mag, out[:5], ALL_OPS)
+    with pytest.raises(ShapeError):
+        apply_ops_grouped(x.contiguous(memory_format=torch.channels_last), source, op_index, mag, out, ALL_OPS)
 
 
 def test_apply_chains_equals_each_sample_chain_by_hand():
@@ -335,17 +357,3 @@ def test_apply_chains_equals_each_sample_chain_by_hand():
             mix += float(draws.weights[b, i]) * img
         want = float(draws.m[b]) * x[b : b + 1] + (1 - float(draws.m[b])) * mix
         torch.testing.assert_close(out[b : b + 1], want, atol=1e-5, rtol=0)
-
-
-def test_large_images_take_the_per_group_copy_path_with_the_same_result(monkeypatch):
-    import mixkit.functional.augment_ops as ao
-
-    x = torch.rand(9, 3, 8, 8, generator=gen(18))
-    op_index, mag = sample_ops((9,), (8, 8), severity=10, ops=ALL_OPS, generator=gen(19))
-    op_index[4] = -1
-    small = apply_ops(x, op_index, mag, ALL_OPS)
-    draws = sample_chains(3, (8, 8), severity=10, ops=ALL_OPS, generator=gen(20))
-    chains = apply_chains(x[:3], draws, ALL_OPS)
-    monkeypatch.setattr(ao, "_SMALL_IMAGE", 0)
-    assert torch.equal(apply_ops(x, op_index, mag, ALL_OPS), small)
-    assert torch.equal(apply_chains(x[:3], draws, ALL_OPS), chains)

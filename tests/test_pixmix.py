@@ -108,6 +108,19 @@ def test_mixings_match_the_reference_formulas(a, b):
         np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-6)
 
 
+def test_mixings_do_not_depend_on_the_layouts():
+    """channels_last images mixed with contiguous partners (as PixMix does), per-row weights."""
+    g = gen(7)
+    x1, x2 = torch.rand(4, 3, 6, 7, generator=g), torch.rand(4, 3, 6, 7, generator=g)
+    x2[0, :, 0] = 0.0
+    a = torch.tensor([0.7, 1.3, 0.05, 1.9]).view(4, 1, 1, 1)
+    b = torch.tensor([0.2, -0.4, 0.9, -0.01]).view(4, 1, 1, 1)
+    for mix in (additive_mix, multiplicative_mix):
+        got = mix(x1.contiguous(memory_format=torch.channels_last), x2, a, b)
+        assert got.is_contiguous(memory_format=torch.channels_last)
+        assert_close(got, mix(x1, x2, a, b), atol=1e-6)
+
+
 def test_mixing_coefficients_follow_get_ab():
     coef = mixing_coefficients((40000,), 3.0, generator=gen(6))
     a, b = coef[:, 0], coef[:, 1]
@@ -218,12 +231,11 @@ def test_folder_of_images_is_loaded(tmp_path):
     params = m.sample(x, generator=gen(10))
     assert m._count() == 4
     colour_of = [colours[int(path.stem[3:])] for path in m._paths]  # the set's (sorted) order
-    position, pics = m._pictures(x, params, torch.ones(8, dtype=torch.bool))
-    assert torch.equal(position, torch.arange(8))
+    pics = m._pictures(x, params, torch.arange(8)).float() / 255
     for s in range(8):  # each sample's picture is its (constant) image, resized and cropped
         want = torch.tensor(colour_of[params.picture[s]], dtype=torch.float32).view(3, 1, 1) / 255
         assert_close(pics[s], want.expand(3, H, W), atol=1 / 255)
-    grey = m._pictures(x[:, :1], params, torch.ones(8, dtype=torch.bool))[1]  # grey batches take the luma
+    grey = m._pictures(x[:, :1], params, torch.arange(8)).float() / 255  # grey batches take the luma
     luma = torch.tensor([0.299, 0.587, 0.114])
     want = torch.stack([torch.tensor(colour_of[i], dtype=torch.float32) @ luma / 255 for i in params.picture])
     assert_close(grey.flatten(1).mean(1), want, atol=1 / 255)
@@ -313,13 +325,15 @@ def test_hyper_parameters_are_checked():
 
 
 def test_batched_augmented_copies_equal_one_call_per_column():
-    """Every augmented copy is made in one batched call; each equals its column's own op."""
+    """Every augmented copy is made in one batched call; each equals its column's own op; the
+    needed pictures follow them in the same buffer."""
     from mixkit.functional.augment_ops import AUGMIX_OPS, apply_ops
 
     x = torch.rand(6, 3, H, W, generator=gen(21))
     m = PixMix(mixing_set=torch.rand(2, 3, FIT, FIT, generator=gen(22)), k=3)
     params = m.sample(x, generator=gen(23))
-    slot, copies = m._augmented(x, params)
+    needed = torch.tensor([True, False, True, True, False, True])
+    sources, slot, picture = m._sources(x, x, params, needed)
     for b in range(6):
         for col in range(4):
             op = int(params.ops[b, col])
@@ -327,4 +341,7 @@ def test_batched_augmented_copies_equal_one_call_per_column():
             if op >= 0:
                 want = apply_ops(x[b : b + 1], params.ops[b, col : col + 1], params.magnitude[b, col : col + 1],
                                  AUGMIX_OPS).clamp(0, 1)
-                assert torch.equal(copies[int(slot[b, col])], want[0])
+                assert torch.equal(sources[int(slot[b, col])], want[0])
+    assert bool((picture[~needed] == -1).all())
+    crops = m._pictures(x, params, needed.nonzero().squeeze(1)).float().mul_(1 / 255)
+    assert torch.equal(sources[picture[needed]], crops)

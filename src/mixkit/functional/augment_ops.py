@@ -8,10 +8,13 @@ Paper and reference code:
 
 Inputs are ``(B, C, H, W)`` float pixels in [0, 1] (clamped first). Each sample gets its own
 operation and magnitude; a call loops over the operations (about nine), never over samples:
-rotations and shears of a batch are one ``grid_sample`` with per-sample affine matrices,
-whole-pixel translations one ``gather`` (the same values: their samples land on pixel
-centres), and equalize counts every histogram with one ``bincount``. AugMix's ``B * width``
-chains run together, the later depth steps rewriting in place only the chains still running.
+the rows are sorted by operation once, so each operation reads its samples with one row
+gather and writes its results into one contiguous slice of the output
+(:mod:`mixkit.functional.augment_dispatch`). Rotations and shears of the whole batch are one
+``grid_sample``, whole-pixel translations one slice copy per distinct shift
+(:mod:`mixkit.functional.augment_geometry`); the pixel-value operations are in
+:mod:`mixkit.functional.augment_values`. AugMix's ``B * width`` chains run together, each
+depth step appending the images of the chains still running to one buffer.
 
 Fidelity to the reference's PIL calls (checked against Pillow in the tests, within its uint8
 rounding): geometric operations use PIL's affine convention (output pixel centre
@@ -24,20 +27,23 @@ reference rounds every operation's result to uint8.
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from mixkit import rng
 from mixkit.errors import DTypeError, HyperParameterError, ShapeError
+from mixkit.functional.augment_dispatch import run_kernels
+from mixkit.functional.augment_geometry import GEOMETRIC_OPS
+from mixkit.functional.blend import take_rows
 
 __all__ = [
-    "AUGMIX_OPS", "ALL_OPS", "GEOMETRIC_OPS", "ChainDraws", "apply_op", "apply_ops", "op_magnitudes",
-    "sample_ops", "random_ops", "sample_chains", "apply_chains", "augment_chains",
+    "AUGMIX_OPS", "ALL_OPS", "GEOMETRIC_OPS", "ChainDraws", "apply_op", "apply_ops", "apply_ops_grouped",
+    "op_magnitudes", "sample_ops", "random_ops", "sample_chains", "apply_chains", "augment_chains",
 ]
 
 #: The reference's ``augmentations``: the operations that do not overlap ImageNet-C/CIFAR-C.
@@ -46,162 +52,8 @@ AUGMIX_OPS: tuple[str, ...] = (
 )
 #: The reference's ``augmentations_all`` (``--all-ops``): adds the four colour enhancements.
 ALL_OPS: tuple[str, ...] = AUGMIX_OPS + ("color", "contrast", "brightness", "sharpness")
-#: Operations done by one batched affine warp.
-GEOMETRIC_OPS: tuple[str, ...] = ("rotate", "shear_x", "shear_y", "translate_x", "translate_y")
 _SIGNED = frozenset(GEOMETRIC_OPS)  # the reference negates these with probability 1/2
 _HALF = (torch.float16, torch.bfloat16)
-_SMALL_IMAGE = 3 * 64 * 64  # elements per image up to which results are gathered by one cat
-
-
-# ------------------------------------------------------------------ pixel-value operations
-def _levels(x: Tensor) -> Tensor:
-    """uint8 levels ``floor(255 * x + 0.5)`` of [0, 1] pixels, as floats."""
-    return (x * 255.0).add_(0.5).floor_()
-
-
-def _col(v: Tensor, x: Tensor) -> Tensor:
-    return v.to(device=x.device, dtype=x.dtype).view(-1, 1, 1, 1)
-
-
-def _autocontrast(x: Tensor, _: Tensor) -> Tensor:
-    lo, hi = torch.aminmax(x.flatten(2), dim=2)
-    flat = hi <= lo
-    scale = torch.where(flat, torch.ones_like(lo), 1.0 / (hi - lo).clamp_min(1e-12))
-    bias = torch.where(flat, torch.zeros_like(lo), -lo * scale)
-    return torch.addcmul(bias[..., None, None], x, scale[..., None, None])  # (x - lo) / (hi - lo)
-
-
-def _equalize(x: Tensor, _: Tensor) -> Tensor:
-    """PIL's ``ImageOps.equalize``, per sample and channel, on uint8 levels."""
-    b, c, h, w = x.shape
-    n = b * c
-    rows = torch.arange(n, device=x.device).view(n, 1) * 256
-    flat = (_levels(x).reshape(n, h * w).long() + rows).flatten()  # (sample, channel, level) bins
-    hist = torch.bincount(flat, minlength=n * 256).view(n, 256)
-    present = torch.arange(256, device=x.device).expand(n, 256)
-    brightest = torch.where(hist > 0, present, -1).amax(dim=1, keepdim=True)
-    last = hist.gather(1, brightest)  # pixels at the brightest level present
-    step = (h * w - last) // 255
-    below = hist.cumsum(dim=1) - hist  # pixels strictly darker than each level
-    lut = ((step // 2 + below) // step.clamp_min(1)).clamp_max(255)
-    lut = torch.where(step > 0, lut, present).to(x.dtype) / 255.0
-    return lut.flatten().index_select(0, flat).view(b, c, h, w)
-
-
-def _posterize(x: Tensor, bits: Tensor) -> Tensor:
-    """Keep the ``bits`` high bits of each uint8 level (PIL's ``ImageOps.posterize``)."""
-    q = _col(torch.pow(2.0, 8 - bits.round().clamp(0, 8)), x)
-    return _levels(x).div_(q).floor_().mul_(q / 255.0)
-
-
-def _solarize(x: Tensor, threshold: Tensor) -> Tensor:
-    """Invert levels ``>= threshold`` (PIL's ``ImageOps.solarize``): ``floor(255x + .5) >= t``."""
-    return (x >= _col((threshold - 0.5) / 255.0, x)).to(x.dtype).sub_(x).abs_()  # |1 - x| or |0 - x|
-
-
-def _gray(x: Tensor) -> Tensor:
-    """PIL's ``convert("L")`` luma for RGB; the channel mean otherwise (a grey image is its own)."""
-    if x.shape[1] == 3:
-        w = torch.tensor([0.299, 0.587, 0.114], dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-        return (x * w).sum(dim=1, keepdim=True)
-    return x.mean(dim=1, keepdim=True)
-
-
-def _enhance(x: Tensor, degenerate: Tensor, factor: Tensor) -> Tensor:
-    """PIL's ``ImageEnhance``: ``blend(degenerate, x, factor)`` clipped to [0, 1]."""
-    return torch.lerp(degenerate.expand_as(x), x, _col(factor, x)).clamp_(0.0, 1.0)
-
-
-def _color(x: Tensor, factor: Tensor) -> Tensor:
-    return _enhance(x, _gray(x), factor)
-
-
-def _contrast(x: Tensor, factor: Tensor) -> Tensor:
-    mean = torch.floor(_gray(x).mean(dim=(1, 2, 3), keepdim=True) * 255.0 + 0.5) / 255.0  # PIL: int(mean + .5)
-    return _enhance(x, mean, factor)
-
-
-def _brightness(x: Tensor, factor: Tensor) -> Tensor:
-    return (x * _col(factor, x)).clamp_(0.0, 1.0)  # blend with black
-
-
-def _sharpness(x: Tensor, factor: Tensor) -> Tensor:
-    """Blend with PIL's ``SMOOTH`` filter (3x3, centre 5, others 1, sum 13); border pixels stay."""
-    smooth = x.clone()
-    if x.shape[2] > 2 and x.shape[3] > 2:
-        box = F.avg_pool2d(x, 3, stride=1)  # mean of each 3x3 window
-        smooth[:, :, 1:-1, 1:-1] = (9.0 / 13.0) * box + (4.0 / 13.0) * x[:, :, 1:-1, 1:-1]
-    return _enhance(x, smooth, factor)
-
-
-_VALUE_OPS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
-    "autocontrast": _autocontrast, "equalize": _equalize, "posterize": _posterize, "solarize": _solarize,
-    "color": _color, "contrast": _contrast, "brightness": _brightness, "sharpness": _sharpness,
-}
-
-
-# ------------------------------------------------------------------------ geometric ops
-def _affine(op: str, magnitude: Tensor, h: int, w: int) -> Tensor:
-    """``(N, 2, 3)`` float64 PIL affine data: output pixel coords -> input pixel coords."""
-    m = magnitude.to(torch.float64)
-    one, zero = torch.ones_like(m), torch.zeros_like(m)
-    if op == "rotate":  # PIL Image.rotate: about (w/2, h/2), counter-clockwise for degrees > 0
-        a = m * (math.pi / 180.0)
-        cos, sin = torch.cos(a), torch.sin(a)
-        cx, cy = w / 2.0, h / 2.0
-        rows = (cos, -sin, cx - cos * cx + sin * cy, sin, cos, cy - sin * cx - cos * cy)
-    elif op == "shear_x":
-        rows = (one, m, zero, zero, one, zero)
-    elif op == "shear_y":
-        rows = (one, zero, zero, m, one, zero)
-    elif op == "translate_x":
-        rows = (one, zero, m, zero, one, zero)
-    else:  # translate_y
-        rows = (one, zero, zero, zero, one, m)
-    return torch.stack(rows, dim=1).view(-1, 2, 3)
-
-
-def _warp(x: Tensor, matrices: Tensor) -> Tensor:
-    """Bilinear affine warp with per-sample matrices and PIL's edges.
-
-    A source point inside the image is read with its coordinates clamped to the pixel centres
-    (PIL's clamped bilinear); a point outside it reads 0 (moved far out, with zero padding).
-    Each grid coordinate is one
-    broadcast ``a * x + (b * y + c)`` over the batch, with the matrices pre-scaled to
-    grid_sample's [-1, 1] units.
-    """
-    n, _, h, w = x.shape
-    m = matrices.to(torch.float64).cpu()
-    xs = (torch.arange(w, device=x.device, dtype=x.dtype) + 0.5).view(1, 1, w)
-    ys = (torch.arange(h, device=x.device, dtype=x.dtype) + 0.5).view(1, h, 1)
-    planar = torch.empty(n, 2, h, w, dtype=x.dtype, device=x.device)  # (u, v) planes
-    for row, size in ((0, w), (1, h)):
-        # normalised source coordinate 2 * src / size - 1: the matrix row scaled once
-        a, b, c = (v.to(device=x.device, dtype=x.dtype).view(n, 1, 1) for v in (
-            m[:, row, 0] * (2.0 / size), m[:, row, 1] * (2.0 / size), m[:, row, 2] * (2.0 / size) - 1.0))
-        torch.add(a * xs, b * ys + c, out=planar[:, row])
-    u, v = planar.unbind(1)
-    outside = (torch.maximum(u, v) >= 1.0).logical_or_(torch.minimum(u, v) < -1.0).to(x.dtype)
-    u.clamp_(1.0 / w - 1.0, 1.0 - 1.0 / w).add_(outside, alpha=-8.0)  # edge pixel centres; outside: far left
-    v.clamp_(1.0 / h - 1.0, 1.0 - 1.0 / h)
-    grid = planar.permute(0, 2, 3, 1)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-
-
-def _translate(x: Tensor, shift: Tensor, axis: int) -> Tensor:
-    """Whole-pixel translations: ``out[..., i] = x[..., i + shift]`` along ``axis`` (3: x, 2:
-    y) per sample, 0 where that falls outside; exactly :func:`_warp` of a translation by an
-    integer (its samples land on pixel centres), with one gather instead of a resampling."""
-    n, c, h, w = x.shape
-    pad = int(shift.abs().max())
-    padded = F.pad(x, (pad, pad, 0, 0) if axis == 3 else (0, 0, pad, pad))
-    hp, wp = padded.shape[2], padded.shape[3]
-    step = shift.to(device=x.device, dtype=torch.long).view(n, 1, 1) + pad
-    ys = torch.arange(h, device=x.device).view(1, h, 1)
-    xs = torch.arange(w, device=x.device).view(1, 1, w)
-    flat = (ys + step) * wp + xs if axis == 2 else ys * wp + (xs + step)  # (n, h, w) index into the padded image
-    out = padded.reshape(n, c, hp * wp).gather(2, flat.view(n, 1, h * w).expand(n, c, h * w))
-    return out.view(n, c, h, w)
 
 
 # ------------------------------------------------------------------------ dispatching
@@ -223,76 +75,42 @@ def _check_images(x: Tensor) -> None:
         raise DTypeError(f"x must hold float pixels in [0, 1], got {x.dtype}; convert it first (x.float() / 255)")
 
 
-def _apply_ops(x: Tensor, op_index: Tensor, magnitude: Tensor, ops: tuple[str, ...],
-               source: Tensor | None = None, *, inplace: bool = False) -> Tensor:
-    """:func:`apply_ops` on checked float32/64 pixels already in [0, 1].
+def apply_ops_grouped(x: Tensor, source: Tensor, op_index: Tensor, magnitude: Tensor, out: Tensor,
+                      ops: Sequence[str] = AUGMIX_OPS) -> Tensor:
+    """Apply ``ops[op_index[r]]`` to ``x[source[r]]`` for each row ``r``, writing the results
+    into ``out`` grouped by operation (no pass to put them back in row order).
 
-    Row ``r`` of the result is computed from ``x[source[r]]`` (``x[r]`` without ``source``),
-    so AugMix's chains can start from the batch without copying it ``width`` times. With
-    ``inplace`` (no ``source``) the results are written into ``x`` itself and rows without an
-    operation are not touched (each row is read before any row is written over).
+    For callers that keep their own bookkeeping of where each result is (AugMix's chains,
+    PixMix's augmented copies); :func:`apply_ops` is this plus the reordering.
+
+    Args:
+        x: ``(M, C, H, W)`` contiguous float pixels, already in [0, 1] (not clamped here).
+        source: ``(N,)`` int64 rows of ``x``.
+        op_index: ``(N,)`` int64 indices into ``ops``; ``-1`` copies the row unchanged.
+        magnitude: ``(N,)`` magnitudes (see :func:`apply_op`).
+        out: ``(N, C, H, W)`` contiguous tensor of ``x``'s dtype and device, not overlapping ``x``.
+        ops: the operation names.
+
+    Returns:
+        ``order``: ``(N,)`` int64 (CPU), ``out[j]`` holds the result of row ``order[j]``.
     """
-    src = None if source is None else source.to(x.device)
-    op_index = op_index.cpu()
-
-    flat = x.view(x.shape[0], -1) if x.is_contiguous() else None  # 2-D row gathers are faster
-
-    def take(rows: Tensor) -> Tensor:
-        rows = rows if src is None else src[rows]
-        if flat is None:
-            return x.index_select(0, rows)
-        return flat.index_select(0, rows).view((rows.shape[0],) + tuple(x.shape[1:]))
-
-    values: list[tuple[Tensor, Tensor]] = []
-    if not inplace:
-        keep = (op_index < 0).nonzero().squeeze(1)
-        if keep.numel():
-            keep = keep.to(x.device)
-            values.append((keep, take(keep)))
-    geo_rows, geo_mats = [], []
-    for k, name in enumerate(ops):
-        rows = (op_index == k).nonzero().squeeze(1)
-        if not rows.numel():
-            continue
-        mag = magnitude[rows]
-        if name in ("translate_x", "translate_y") and bool((mag == mag.round()).all()):
-            dev = rows.to(x.device)
-            values.append((dev, _translate(take(dev), mag, 3 if name == "translate_x" else 2)))
-        elif name in _SIGNED:
-            geo_rows.append(rows)
-            geo_mats.append(_affine(name, mag, x.shape[2], x.shape[3]))
-        else:
-            dev = rows.to(x.device)
-            values.append((dev, _VALUE_OPS[name](take(dev), mag)))
-    if geo_rows:
-        rows = torch.cat(geo_rows).to(x.device)
-        values.append((rows, _warp(take(rows), torch.cat(geo_mats))))
-    if not values:
-        return x
-    return _scatter_rows(x, values, op_index.shape[0], inplace)
+    _check_images(x)
+    ops = _check_ops(ops)
+    n = source.shape[0]
+    if op_index.shape != (n,) or magnitude.shape != (n,) or out.shape != (n,) + tuple(x.shape[1:]):
+        raise ShapeError(f"source, op_index and magnitude must have shape (N,) and out (N, *{tuple(x.shape[1:])}), "
+                         f"got {tuple(source.shape)}, {tuple(op_index.shape)}, {tuple(magnitude.shape)}, "
+                         f"{tuple(out.shape)}")
+    if not (x.is_contiguous() and out.is_contiguous()) or out.dtype != x.dtype:
+        raise ShapeError("x and out must be contiguous tensors of one dtype")
+    return run_kernels(x, source.cpu(), op_index.cpu(), magnitude.cpu(), ops, out)
 
 
-def _scatter_rows(x: Tensor, values: list[tuple[Tensor, Tensor]], n: int, inplace: bool) -> Tensor:
-    """Each group's results written at its rows (after every read: safe in place). Small
-    images: one concatenation and one reorder (few calls); large ones: one copy per group
-    into the output (less memory traffic)."""
-    if x[0].numel() <= _SMALL_IMAGE:
-        rows = torch.cat([r for r, _ in values])
-        result = torch.cat([v for _, v in values])
-        if inplace:
-            return x.index_copy_(0, rows, result)
-        out = result.index_select(0, torch.argsort(rows))  # every row appears once: back in row order
-        if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
-            out = out.contiguous(memory_format=torch.channels_last)
-        return out
-    out = x
-    if not inplace:
-        out = torch.empty((n,) + tuple(x.shape[1:]), dtype=x.dtype, device=x.device)
-        if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
-            out = out.contiguous(memory_format=torch.channels_last)
-    for rows, result in values:
-        out.index_copy_(0, rows, result)
-    return out
+def _inverse(order: Tensor) -> Tensor:
+    """The inverse permutation of ``order``."""
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(order.shape[0], device=order.device)
+    return inverse
 
 
 def apply_ops(x: Tensor, op_index: Tensor, magnitude: Tensor, ops: Sequence[str] = AUGMIX_OPS, *,
@@ -300,7 +118,7 @@ def apply_ops(x: Tensor, op_index: Tensor, magnitude: Tensor, ops: Sequence[str]
     """Apply operation ``ops[op_index[b]]`` with ``magnitude[b]`` to each sample ``b``.
 
     Samples are grouped per operation (a loop over the operations, not the samples); every
-    geometric operation of the batch goes through one ``grid_sample``.
+    resampled geometric operation of the batch goes through one ``grid_sample``.
 
     Args:
         x: ``(B, C, H, W)`` float pixels in [0, 1] (clamped first); never modified.
@@ -323,10 +141,16 @@ def apply_ops(x: Tensor, op_index: Tensor, magnitude: Tensor, ops: Sequence[str]
                          f"got {tuple(op_index.shape)} and {tuple(magnitude.shape)}")
     if source is not None and n and (int(source.min()) < 0 or int(source.max()) >= x.shape[0]):
         raise ShapeError(f"source rows must lie in [0, {x.shape[0]}), got {source.tolist()}")
-    work = (x.float() if x.dtype in _HALF else x).clamp(0.0, 1.0)
-    if n == 0:
-        return work.new_empty((0,) + tuple(work.shape[1:])).to(x.dtype)
-    return _apply_ops(work, op_index, magnitude.cpu(), ops, source).to(x.dtype)
+    work = x.float() if x.dtype in _HALF else x
+    pixels = torch.clamp(work, 0.0, 1.0, out=torch.empty(work.shape, dtype=work.dtype, device=work.device))
+    out = pixels.new_empty((n,) + tuple(pixels.shape[1:]))
+    if n:
+        rows = torch.arange(n) if source is None else source.cpu()
+        order = run_kernels(pixels, rows, op_index.cpu(), magnitude.cpu(), ops, out)
+        out = take_rows(out, _inverse(order))  # back in row order
+    if work.is_contiguous(memory_format=torch.channels_last) and not work.is_contiguous():
+        out = torch.empty_like(out, memory_format=torch.channels_last).copy_(out)
+    return out.to(x.dtype)
 
 
 def apply_op(x: Tensor, op: str, magnitude: Tensor) -> Tensor:
@@ -350,8 +174,24 @@ def apply_op(x: Tensor, op: str, magnitude: Tensor) -> Tensor:
 
 
 # ---------------------------------------------------------------------- sampling
-def _int_param(level: Tensor, maxval: float) -> Tensor:
-    return torch.floor(level * maxval / 10.0)  # the reference's int(level * maxval / 10)
+#: The reference's severity-to-magnitude mapping: ``offset + scale * t`` with
+#: ``t = level * factor / 10``, floored for the integer ones (``int(level * maxval / 10)``);
+#: ``(factor, floored, scale, offset)``. Translations (a third of the side) are added per size.
+_MAGNITUDES: dict[str, tuple[float, bool, float, float]] = {
+    "posterize": (4.0, True, -1.0, 4.0), "rotate": (30.0, True, 1.0, 0.0), "solarize": (256.0, True, -1.0, 256.0),
+    "shear_x": (0.3, False, 1.0, 0.0), "shear_y": (0.3, False, 1.0, 0.0),
+    **dict.fromkeys(("color", "contrast", "brightness", "sharpness"), (1.8, False, 1.0, 0.1)),
+}
+
+
+@functools.lru_cache(maxsize=64)
+def _magnitude_table(ops: tuple[str, ...], h: int, w: int) -> Tensor:
+    """``(len(ops) + 1, 5)`` float64 rows ``(factor, floored, scale, offset, signed)``, row 0 for
+    no operation (never written)."""
+    table = {**_MAGNITUDES, "translate_x": (w / 3.0, True, 1.0, 0.0), "translate_y": (h / 3.0, True, 1.0, 0.0)}
+    none = (0.0, False, 0.0, 0.0)  # no operation, autocontrast and equalize: 0
+    return torch.tensor([(*none, False)] + [(*table.get(name, none), name in _SIGNED) for name in ops],
+                        dtype=torch.float64)
 
 
 def op_magnitudes(op_index: Tensor, level: Tensor, negate: Tensor, ops: Sequence[str], size: tuple[int, int]) -> Tensor:
@@ -367,29 +207,10 @@ def op_magnitudes(op_index: Tensor, level: Tensor, negate: Tensor, ops: Sequence
     Returns:
         float64 magnitudes, same shape (0 where ``op_index`` is -1 or the op takes none).
     """
-    h, w = size
-    table: dict[str, Callable[[Tensor], Tensor]] = {
-        "posterize": lambda v: 4.0 - _int_param(v, 4),
-        "rotate": lambda v: _int_param(v, 30),
-        "solarize": lambda v: 256.0 - _int_param(v, 256),
-        "shear_x": lambda v: v * 0.3 / 10.0,
-        "shear_y": lambda v: v * 0.3 / 10.0,
-        "translate_x": lambda v: _int_param(v, w / 3.0),
-        "translate_y": lambda v: _int_param(v, h / 3.0),
-    }
-    mag = torch.zeros_like(level, dtype=torch.float64)
-    for k, name in enumerate(_check_ops(ops)):
-        rows = op_index == k
-        if name in table:
-            value = table[name](level)
-        elif name in ("color", "contrast", "brightness", "sharpness"):
-            value = level * 1.8 / 10.0 + 0.1
-        else:
-            continue
-        if name in _SIGNED:
-            value = torch.where(negate, -value, value)
-        mag = torch.where(rows, value, mag)
-    return mag
+    factor, floored, scale, offset, signed = _magnitude_table(_check_ops(ops), *size)[op_index + 1].unbind(-1)
+    t = level * factor / 10.0
+    value = torch.where(floored > 0, t.floor(), t) * scale + offset
+    return torch.where(negate & (signed > 0), -value, value)
 
 
 def _check_severity(severity: int) -> int:
@@ -481,7 +302,8 @@ def sample_chains(b: int, image_size: tuple[int, int], *, width: int = 3, depth:
 def apply_chains(x: Tensor, draws: ChainDraws, ops: Sequence[str] = AUGMIX_OPS) -> Tensor:
     """AugMix's mixture: ``m * x + (1 - m) * sum_i w_i * chain_i(x)``, per sample.
 
-    All ``B * width`` chains run together, one depth step at a time.
+    All ``B * width`` chains run together, one depth step at a time: each step appends the
+    images of the chains still running to one buffer (so no image is copied back in place).
 
     Args:
         x: ``(B, C, H, W)`` float pixels in [0, 1]; never modified.
@@ -497,16 +319,26 @@ def apply_chains(x: Tensor, draws: ChainDraws, ops: Sequence[str] = AUGMIX_OPS) 
         raise ShapeError(f"draws are for {b} samples but x has batch size {x.shape[0]}")
     ops = _check_ops(ops)
     work = x.float() if x.dtype in _HALF else x
-    source = torch.arange(b * width) // width  # chain r starts from sample r // width
-    chains = _apply_ops(work.contiguous().clamp(0.0, 1.0), draws.ops[:, :, 0].reshape(-1),
-                        draws.magnitude[:, :, 0].reshape(-1), ops, source)
-    for step in range(1, depth):  # later steps rewrite only the chains still running
-        _apply_ops(chains, draws.ops[:, :, step].reshape(-1), draws.magnitude[:, :, step].reshape(-1), ops,
-                   inplace=True)
+    images = work.new_empty((b + int((draws.ops >= 0).sum()),) + tuple(work.shape[1:]))  # the batch, then each step's
+    images[:b] = work  # contiguous, whatever x's layout
+    out = images[:b] * draws.m.to(device=work.device, dtype=work.dtype).view(-1, 1, 1, 1)
+    images[:b].clamp_(0.0, 1.0)
+    latest = torch.arange(b * width) // width  # row of ``images`` holding each chain's latest image
+    end = b
+    for step in range(depth):
+        op_index = draws.ops[:, :, step].reshape(-1)
+        live = (op_index >= 0).nonzero().squeeze(1)
+        if live.numel():
+            n = live.numel()
+            magnitude = draws.magnitude[:, :, step].reshape(-1)[live]
+            order = run_kernels(images, latest[live], op_index[live], magnitude, ops, images[end : end + n])
+            latest[live[order]] = torch.arange(end, end + n)
+            end += n
     coef = ((1.0 - draws.m.unsqueeze(1)) * draws.weights).to(device=work.device, dtype=work.dtype)  # (B, width)
-    out = work * _col(draws.m, work)
     for i in range(width):
-        out.addcmul_(chains[i::width], coef[:, i].view(-1, 1, 1, 1))
+        out.addcmul_(take_rows(images, latest[i::width]), coef[:, i].view(-1, 1, 1, 1))
+    if out.stride() != work.stride():
+        out = torch.empty_like(work).copy_(out)  # x's memory format
     return out.to(x.dtype)
 
 

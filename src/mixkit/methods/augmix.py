@@ -23,6 +23,7 @@ from mixkit import rng
 from mixkit.base import MixMethod
 from mixkit.errors import HyperParameterError, ShapeError
 from mixkit.functional.augment_ops import ALL_OPS, AUGMIX_OPS, ChainDraws, apply_chains, sample_chains
+from mixkit.functional.blend import gather_rows
 from mixkit.registry import register
 from mixkit.types import MixTarget, Params, StepOutput
 from mixkit.validation import check_alpha, check_positive_int, check_range
@@ -172,7 +173,7 @@ class AugMix(MixMethod):
         out = x.clone()
         if rows.numel():
             dev_rows = rows.to(x.device)
-            out.index_copy_(0, dev_rows, self._augment(x.index_select(0, dev_rows), params.chains.take(rows)))
+            out.index_copy_(0, dev_rows, self._augment(gather_rows(x, dev_rows), params.chains.take(rows)))
         return out
 
     def _augment(self, x: Tensor, chains: ChainDraws) -> Tensor:

@@ -25,8 +25,8 @@ from torch import Tensor
 from mixkit import rng
 from mixkit.base import MixMethod
 from mixkit.errors import DTypeError, HyperParameterError, ShapeError
-from mixkit.functional.augment_ops import ALL_OPS, AUGMIX_OPS, apply_ops, sample_ops
-from mixkit.functional.blend import match_format
+from mixkit.functional.augment_ops import ALL_OPS, AUGMIX_OPS, apply_ops_grouped, sample_ops
+from mixkit.functional.blend import gather_rows, match_format, memory_order, take_rows
 from mixkit.functional.fractals import fractal_images
 from mixkit.registry import register
 from mixkit.types import MixTarget, Params
@@ -48,7 +48,8 @@ def additive_mix(img1: Tensor, img2: Tensor, a: Tensor, b: Tensor) -> Tensor:
         img1, img2: ``(B, C, H, W)`` pixels in [0, 1].
         a, b: weights broadcastable to the images, e.g. ``(B, 1, 1, 1)``.
     """
-    return (img1 * a).addcmul_(img2, b).add_((1 - a - b) / 2)
+    # img2 in img1's channels_last layout first: the copy and a one-layout addcmul are faster
+    return (img1 * a).addcmul_(match_format(img2, img1), b).add_((1 - a - b) / 2)
 
 
 def multiplicative_mix(img1: Tensor, img2: Tensor, a: Tensor, b: Tensor) -> Tensor:
@@ -142,15 +143,15 @@ def _match_channels(pics: Tensor, channels: int) -> Tensor:
     raise ShapeError(f"mixing_set pictures have {c} channels but the batch has {channels}")
 
 
-def _crop(pics: Tensor, offsets: Tensor, hw: tuple[int, int]) -> Tensor:
-    """Crop ``(B, C, Hp, Wp)`` to ``(B, C, *hw)`` at per-sample offsets in [0, 1) of the slack."""
-    (b, c, hp, wp), (h, w) = pics.shape, hw
+def _crop(pics: Tensor, index: Tensor, offsets: Tensor, hw: tuple[int, int]) -> Tensor:
+    """Crop pictures ``pics[index]`` (``pics`` is ``(P, C, Hp, Wp)``) to ``(B, C, *hw)`` at
+    per-sample offsets in [0, 1) of the slack: one indexing of the view of every crop window
+    (no copy of the whole pictures first)."""
+    (hp, wp), (h, w) = pics.shape[-2:], hw
     slack = torch.tensor([hp - h + 1, wp - w + 1], dtype=torch.float64)
     start = (offsets * slack).long().to(pics.device)
-    rows = start[:, :1] + torch.arange(h, device=pics.device)  # (B, H)
-    cols = start[:, 1:] + torch.arange(w, device=pics.device)  # (B, W)
-    flat = (rows.unsqueeze(2) * wp + cols.unsqueeze(1)).view(b, 1, h * w).expand(b, c, h * w)
-    return pics.reshape(b, c, hp * wp).gather(2, flat).view(b, c, h, w)
+    windows = pics.unfold(2, h, 1).unfold(3, w, 1)  # (P, C, Hp - h + 1, Wp - w + 1, h, w), a view
+    return windows[index.to(pics.device), :, start[:, 0], start[:, 1]]
 
 
 # ----------------------------------------------------------------------------- method
@@ -180,19 +181,35 @@ class PixMixParams(Params):
     magnitude: Tensor
 
 
-def _column(v: Tensor, like: Tensor) -> Tensor:
-    return v.to(device=like.device, dtype=like.dtype).view(-1, 1, 1, 1)
+def _rows(x: Tensor, rows: Tensor) -> Tensor:
+    """``x[rows]`` in ``x``'s memory layout (which decides how the mixing's powers round),
+    gathered as whole rows for contiguous and channels_last ``x``."""
+    if x.is_contiguous() or memory_order(x) is not None:
+        return gather_rows(x, rows)
+    return x[rows.to(x.device)]
 
 
-def _round(mixed: Tensor, partner: Tensor, rows: Tensor, multiply: Tensor, coef: Tensor) -> None:
-    """One mixing round, in place on ``mixed``'s ``rows`` (CPU int64) with their ``partner``
-    images, each row's mixing and ``(a, b)``; clipped to [0, 1]."""
-    for flag, mix in ((True, multiplicative_mix), (False, additive_mix)):
-        sel = (multiply[rows] == flag).nonzero().squeeze(1)
-        if sel.numel():
-            idx = rows[sel].to(mixed.device)
-            a, b = (_column(coef[rows[sel], j], mixed) for j in (0, 1))
-            mixed[idx] = mix(mixed[idx], partner[sel.to(mixed.device)], a, b).clamp_(0, 1)
+def _rounds(mixed: Tensor, sources: Tensor, partner: Tensor, live: Tensor, params: PixMixParams) -> None:
+    """The mixing rounds, in place on ``mixed``: round ``i`` mixes each ``live[:, i]`` sample
+    with its partner image ``sources[partner[:, i]]``, multiplicatively or additively, then
+    clips to [0, 1]. The (round, sample) pairs are sorted once (by round, the multiplicative
+    ones first, then by sample), so each round's two mixings are slices of them."""
+    step, rows = live.t().nonzero(as_tuple=True)  # by round, then by sample
+    kind = 2 * step + (~params.multiply[rows, step]).long()
+    order = torch.argsort(kind, stable=True)
+    step, rows = step[order], rows[order]
+    counts = torch.bincount(kind, minlength=2 * live.shape[1]).tolist()
+    a, b = params.coef[rows, step].to(device=mixed.device, dtype=mixed.dtype).t().contiguous()  # (M,) each
+    partner = partner[rows, step]
+    start = 0
+    for i, count in enumerate(counts):
+        if count:
+            part = slice(start, start + count)
+            mix = additive_mix if i % 2 else multiplicative_mix
+            idx = rows[part].to(mixed.device)
+            weights = (a[part].view(-1, 1, 1, 1), b[part].view(-1, 1, 1, 1))
+            mixed[idx] = mix(_rows(mixed, idx), take_rows(sources, partner[part]), *weights).clamp_(0, 1)
+        start += count
 
 
 @register(
@@ -320,42 +337,45 @@ class PixMix(MixMethod):
         if not bool(changed.any()):
             return x.clone()
         work = x.to(torch.promote_types(x.dtype, torch.float32))
-        px = self._to_pixels(work).clamp(0, 1)
-        mixed = px.clone()
-        slot, augmented = self._augmented(px, params)
-        start = (slot[:, 0] >= 0).nonzero().squeeze(1)
-        if start.numel():
-            mixed[start.to(px.device)] = augmented[slot[start, 0].to(px.device)]
+        px = self._to_pixels(work)
+        mixed = px.clamp(0, 1)  # in x's layout, mixed in place
+        pixels = mixed  # the augmented copies start from contiguous rows (a clamp writes them faster than a copy)
+        if not mixed.is_contiguous():
+            pixels = torch.clamp(px, 0, 1, out=torch.empty(px.shape, dtype=px.dtype, device=px.device))
         live = torch.arange(params.use_picture.shape[1]) < params.rounds.unsqueeze(1)  # (B, k)
-        picture_rows, pictures = self._pictures(x, params, (live & params.use_picture).any(1))
-        for i in range(live.shape[1]):
-            rows = live[:, i].nonzero().squeeze(1)
-            if not rows.numel():
-                break
-            use = params.use_picture[rows, i]
-            partner = torch.empty((rows.numel(),) + px.shape[1:], dtype=px.dtype, device=px.device)
-            copies = slot[rows[~use], i + 1]
-            if copies.numel():
-                partner[(~use).to(px.device)] = augmented[copies.to(px.device)]
-            if bool(use.any()):
-                partner[use.to(px.device)] = pictures[picture_rows[rows[use]].to(px.device)]
-            _round(mixed, partner, rows, params.multiply[:, i], params.coef[:, i])
+        sources, slot, picture = self._sources(x, pixels, params, (live & params.use_picture).any(1))
+        start = (slot[:, 0] >= 0).nonzero().squeeze(1)
+        if start.numel():  # copied to mixed's layout first: a row write across layouts is several times slower
+            mixed[start.to(px.device)] = match_format(take_rows(sources, slot[start, 0]), mixed)
+        partner = torch.where(params.use_picture, picture.unsqueeze(1), slot[:, 1:])  # (B, k) rows of sources
+        _rounds(mixed, sources, partner, live, params)
         out = self._from_pixels(mixed)
         kept = (~changed).nonzero().squeeze(1).to(x.device)
         out[kept] = work[kept]  # exact copies of the samples left alone
         return match_format(out.to(x.dtype), x)
 
-    def _augmented(self, px: Tensor, params: PixMixParams) -> tuple[Tensor, Tensor]:
-        """Every augmented copy of the batch, made in one batched call: ``(B, k + 1)`` int64
-        position of the copy of each (sample, column) with an op (-1 elsewhere), and the copies.
-        """
+    def _sources(self, x: Tensor, pixels: Tensor, params: PixMixParams,
+                 needed: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Every image mixed in, in one contiguous buffer: the augmented copies of the batch
+        (``pixels``: contiguous, in [0, 1]; one batched call), then the pictures of the
+        ``needed`` rows (``(B,)`` bool). Also returns the ``(B, k + 1)`` row of the copy of each
+        (sample, column) with an op and the ``(B,)`` row of each needed sample's picture (-1
+        elsewhere)."""
         rows, cols = (params.ops >= 0).nonzero(as_tuple=True)
+        chosen = needed.nonzero().squeeze(1)
+        n = rows.numel()
+        sources = pixels.new_empty((n + chosen.numel(),) + tuple(pixels.shape[1:]))
         slot = torch.full(params.ops.shape, -1, dtype=torch.long)
-        slot[rows, cols] = torch.arange(rows.numel())
-        # clamped: warps may leave -1e-10s, which the multiplicative mixing's powers turn to NaN
-        copies = apply_ops(px, params.ops[rows, cols], params.magnitude[rows, cols], self._ops,
-                           source=rows.to(px.device)).clamp_(0, 1)
-        return slot, copies
+        if n:
+            order = apply_ops_grouped(pixels, rows, params.ops[rows, cols], params.magnitude[rows, cols], sources[:n],
+                                      self._ops)
+            sources[:n].clamp_(0, 1)  # warps may leave -1e-10s, which the multiplicative mixing's powers turn to NaN
+            slot[rows[order], cols[order]] = torch.arange(n)
+        picture = torch.full(needed.shape, -1, dtype=torch.long)
+        if chosen.numel():
+            picture[chosen] = torch.arange(n, sources.shape[0])
+            sources[n:].copy_(self._pictures(x, params, chosen)).mul_(1 / 255)
+        return sources, slot, picture
 
     # ------------------------------------------------------------------- the picture set
     def _count(self) -> int:
@@ -367,13 +387,8 @@ class PixMix(MixMethod):
             self._paths = _image_paths(Path(self.mixing_set))
         return len(self._paths)
 
-    def _pictures(self, x: Tensor, params: PixMixParams, needed: Tensor) -> tuple[Tensor, Tensor]:
-        """The cropped pictures ``(N, C, H, W)`` of the ``needed`` rows (``(B,)`` bool), in the
-        working dtype, and ``(B,)`` the position of each row's picture among them."""
-        position = torch.cumsum(needed.long(), 0) - 1
-        rows = needed.nonzero().squeeze(1)
-        if not rows.numel():
-            return position, x.new_empty(0)
+    def _pictures(self, x: Tensor, params: PixMixParams, rows: Tensor) -> Tensor:
+        """The cropped pictures ``(N, C, H, W)`` of samples ``rows``, uint8 (8-bit levels)."""
         c, hw = x.shape[1], (x.shape[2], x.shape[3])
         fit = (math.ceil(hw[0] * _PAD), math.ceil(hw[1] * _PAD))
         key = (c, *fit, str(x.device))
@@ -383,8 +398,7 @@ class PixMix(MixMethod):
         index = params.picture[rows]
         if int(index.max()) >= pics.shape[0] or int(index.min()) < 0:
             raise ShapeError(f"params.picture indexes a mixing set of {pics.shape[0]} pictures, got {index.tolist()}")
-        chosen = _crop(pics.index_select(0, index.to(x.device)), params.crop[rows], hw)
-        return position, chosen.to(torch.promote_types(x.dtype, torch.float32)).mul_(1 / 255)
+        return _crop(pics, index, params.crop[rows], hw)
 
     def _build(self, channels: int, fit: tuple[int, int]) -> Tensor:
         """The whole set at size ``fit`` with ``channels`` channels, uint8 on the CPU."""

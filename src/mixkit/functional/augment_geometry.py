@@ -1,0 +1,101 @@
+"""AugMix's geometric operations, batched in torch (run by
+:mod:`mixkit.functional.augment_dispatch`).
+
+Rotations and shears of a batch are one ``grid_sample`` with per-sample affine matrices;
+whole-pixel translations are slice copies, one per distinct shift (the same values: their
+samples land on pixel centres). PIL's conventions are kept: the output pixel centre
+``(x + .5, y + .5)`` maps to an input point (shears and translations about the top-left
+corner, rotation about the centre), read with PIL's bilinear edges (clamped inside the
+image, zero outside).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["GEOMETRIC_OPS", "affine_matrices", "translate", "warp"]
+
+#: The geometric operations (translations by whole pixels are copies, the rest resampled).
+GEOMETRIC_OPS: tuple[str, ...] = ("rotate", "shear_x", "shear_y", "translate_x", "translate_y")
+_ENTRY = {"shear_x": 1, "translate_x": 2, "shear_y": 3, "translate_y": 5}  # of the flat (a, b, c, d, e, f)
+
+
+def affine_matrices(ops: Sequence[str], counts: Sequence[int], magnitude: Tensor, h: int, w: int) -> Tensor:
+    """``(N, 2, 3)`` float64 PIL affine data (output pixel coords -> input pixel coords) of rows
+    sorted by operation: the first ``counts[0]`` rows do ``ops[0]`` with their ``magnitude``,
+    the next ``counts[1]`` ``ops[1]``, and so on."""
+    m = magnitude.to(torch.float64)
+    data = torch.zeros(m.shape[0], 6, dtype=torch.float64, device=m.device)
+    data[:, 0::4] = 1.0  # the identity's diagonal (a and e)
+    start = 0
+    for op, count in zip(ops, counts, strict=True):
+        part, rows = m[start : start + count], data[start : start + count]
+        if op == "rotate":  # PIL Image.rotate: about (w/2, h/2), counter-clockwise for degrees > 0
+            a = part * (math.pi / 180.0)
+            cos, sin = torch.cos(a), torch.sin(a)
+            cx, cy = w / 2.0, h / 2.0
+            rows.copy_(torch.stack((cos, -sin, cx - cos * cx + sin * cy, sin, cos, cy - sin * cx - cos * cy), dim=1))
+        else:  # a shear factor or a shift, about the top-left corner
+            rows[:, _ENTRY[op]] = part
+        start += count
+    return data.view(-1, 2, 3)
+
+
+@functools.lru_cache(maxsize=16)
+def _grid_terms(h: int, w: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    """Per image size (never written): the ``(2, 1)`` float64 scale of the matrix rows to
+    grid_sample's units, and the pixel centres ``x + .5`` ``(1, 1, 1, W)`` and ``y + .5``
+    ``(1, 1, H, 1)``."""
+    scale = torch.tensor([[2.0 / w], [2.0 / h]], dtype=torch.float64)
+    xs = (torch.arange(w, device=device, dtype=dtype) + 0.5).view(1, 1, 1, w)
+    ys = (torch.arange(h, device=device, dtype=dtype) + 0.5).view(1, 1, h, 1)
+    return scale, xs, ys
+
+
+def warp(x: Tensor, matrices: Tensor) -> Tensor:
+    """Bilinear affine warp with per-sample matrices and PIL's edges.
+
+    A source point inside the image is read with its coordinates clamped to the pixel centres
+    (PIL's clamped bilinear); a point outside it reads 0 (moved far out, with zero padding).
+    Each grid coordinate is one broadcast ``a * x + (b * y + c)`` over the batch, with the
+    matrices pre-scaled to grid_sample's [-1, 1] units; the outside test is written as 0/1
+    floats (several times faster than bool tensors).
+    """
+    n, _, h, w = x.shape
+    scale, xs, ys = _grid_terms(h, w, x.dtype, x.device)
+    scaled = matrices.to(torch.float64).cpu() * scale
+    scaled[:, :, 2] -= 1.0  # normalised source coordinate 2 * src / size - 1
+    a, b, c = scaled.to(device=x.device, dtype=x.dtype).view(n, 2, 3, 1, 1).unbind(2)
+    planar = torch.add(a * xs, b * ys + c)  # (N, 2, H, W): the (u, v) planes
+    u, v = planar.unbind(1)
+    outside = torch.maximum(u, v).ge_(1.0).add_(torch.minimum(u, v).lt_(-1.0))  # 1 or 2 where outside
+    u.clamp_(1.0 / w - 1.0, 1.0 - 1.0 / w).sub_(outside, alpha=8.0)  # edge pixel centres; outside: far left
+    v.clamp_(1.0 / h - 1.0, 1.0 - 1.0 / h)
+    grid = planar.permute(0, 2, 3, 1)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def translate(x: Tensor, shift: Tensor, axis: int, out: Tensor) -> None:
+    """Whole-pixel translations into ``out``: ``out[..., i] = x[..., i + shift]`` along
+    ``axis`` (3: x, 2: y) per sample, 0 where that falls outside; exactly :func:`warp` of a
+    translation by an integer (its samples land on pixel centres).
+
+    Each run of equal consecutive shifts is one slice copy (into zeros), so rows sorted by
+    shift, as the dispatcher passes them, take one copy per distinct shift.
+    """
+    size = x.shape[axis]
+    values, counts = torch.unique_consecutive(shift, return_counts=True)
+    out.zero_()
+    start = 0
+    for s, count in zip(values.long().tolist(), counts.tolist(), strict=True):
+        kept = max(size - abs(s), 0)
+        if kept:
+            dest, src = out[start : start + count], x[start : start + count]
+            dest.narrow(axis, max(-s, 0), kept).copy_(src.narrow(axis, max(s, 0), kept))
+        start += count
