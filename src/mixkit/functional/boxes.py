@@ -182,6 +182,14 @@ def _gather_box(view: Tensor, index: Tensor, spans: Sequence[Span], *, scratch: 
 _BAND_WASTE = 3
 
 
+def _paste_setup(x: Tensor, index: Tensor, boxes: Tensor) -> tuple[tuple[int, ...] | None, Tensor, Tensor, tuple[Span, ...] | None]:
+    """``x``'s memory order and view in it, ``index`` on its device, and the spans of the
+    batch's one box (``None`` for a box per sample)."""
+    order = memory_order(x)
+    spans = _spans(boxes[0], x.ndim - 2, order) if boxes.shape[0] == 1 else None
+    return order, to_memory(x, order), index.to(x.device), spans
+
+
 def paste_boxes(x: Tensor, index: Tensor, boxes: Tensor) -> Tensor:
     """Copy ``x[index]`` into ``x`` inside ``boxes``, out of place (any dtype, uint8 included).
 
@@ -190,12 +198,8 @@ def paste_boxes(x: Tensor, index: Tensor, boxes: Tensor) -> Tensor:
     ``lerp`` whose 0/1 weight is built from per-axis profiles; ``torch.where`` for integer
     images). Works in the input's memory order, so channels_last stays channels_last.
     """
-    d = x.ndim - 2
-    index = index.to(x.device)
-    order = memory_order(x)
-    view = to_memory(x, order)
-    if boxes.shape[0] == 1:
-        spans = _spans(boxes[0], d, order)
+    order, view, index, spans = _paste_setup(x, index, boxes)
+    if spans is not None:
         if torch.is_grad_enabled() and x.requires_grad:
             return match_format(from_memory(_BoxPaste.apply(view, index, spans), order), x)
         out = view.clone()
@@ -215,12 +219,8 @@ def paste_boxes_(x: Tensor, index: Tensor, boxes: Tensor) -> Tensor:
     """
     if torch.is_grad_enabled() and x.requires_grad:
         raise ValueError("paste_boxes_ writes into x: x may not require grad (use paste_boxes)")
-    d = x.ndim - 2
-    index = index.to(x.device)
-    order = memory_order(x)
-    view = to_memory(x, order)
-    if boxes.shape[0] == 1:
-        spans = _spans(boxes[0], d, order)
+    order, view, index, spans = _paste_setup(x, index, boxes)
+    if spans is not None:  # the box's partner rows are gathered before the box is written
         _narrow(view, spans).copy_(_gather_box(view, index, spans, scratch=True))
         return x
     if not view.is_contiguous():
