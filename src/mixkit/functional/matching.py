@@ -39,49 +39,65 @@ def linear_assignment(cost: np.ndarray) -> np.ndarray:
         raise ValueError(f"cost must hold square matrices, got shape {cost.shape}")
     if not np.isfinite(cost).all():
         raise ValueError("cost must be finite")
-    ar = np.arange(problems)
     u, v = np.zeros((problems, n + 1)), np.zeros((problems, n))  # u[:, n]: a scratch row
     col4row = np.full((problems, n), -1, dtype=np.int64)
     row4col = np.full((problems, n), -1, dtype=np.int64)
     for cur in range(n):
-        dist = np.full((problems, n), np.inf)  # shortest reduced path cost to each column
-        path = np.full((problems, n), -1, dtype=np.int64)  # the row each column is reached from
-        seen = np.zeros((problems, n), dtype=bool)
-        reach = np.zeros(problems)  # the path cost of the last column reached
-        i = np.full(problems, cur, dtype=np.int64)
-        active = np.ones(problems, dtype=bool)
-        while True:  # Dijkstra from row ``cur`` until a free column is reached
-            r = cost[ar, i] - (u[ar, i] - reach)[:, None] - v
-            better = (r < dist) & ~seen
-            better &= active[:, None]
-            np.copyto(dist, r, where=better)
-            np.copyto(path, i[:, None], where=better)
-            masked = np.where(seen, np.inf, dist)
-            j = masked.argmin(axis=1)
-            seen[ar, j] |= active
-            reach = np.where(active, masked[ar, j], reach)
-            i = row4col[ar, j]  # the row matched to it (-1: free, the search ends)
-            active &= i >= 0
-            if not active.any():
-                break
+        dist, path, seen, reach = _shortest_path(cost, u, v, row4col, cur)
         # potentials: every reached column and the row matched to it move by reach - dist
         owned = seen & (row4col >= 0)
         gain = np.where(seen, reach[:, None] - dist, 0.0)
-        u[ar[:, None], np.where(owned, row4col, n)] += gain
+        u[np.arange(problems)[:, None], np.where(owned, row4col, n)] += gain
         u[:, cur] += reach
         v -= gain
-        j = (seen & ~owned).argmax(axis=1)  # the free column the search ended on
-        active = np.ones(problems, dtype=bool)
-        while True:  # flip the matching along the path back to row ``cur``
-            i = path[ar, j]
-            row4col[ar, j] = np.where(active, i, row4col[ar, j])
-            prev = col4row[ar, i]
-            col4row[ar, i] = np.where(active, j, prev)
-            active &= i != cur
-            if not active.any():
-                break
-            j = np.where(active, prev, j)
+        sink = (seen & ~owned).argmax(axis=1)  # the free column each search ended on
+        _augment(path, row4col, col4row, sink, cur)
     return col4row
+
+
+def _shortest_path(
+    cost: np.ndarray, u: np.ndarray, v: np.ndarray, row4col: np.ndarray, cur: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Dijkstra over the reduced costs from row ``cur`` until a free column is reached, in
+    every problem; returns the path costs ``dist``, the row each column was reached from, the
+    columns reached and the path cost of the last one."""
+    problems, n, _ = cost.shape
+    ar = np.arange(problems)
+    dist = np.full((problems, n), np.inf)
+    path = np.full((problems, n), -1, dtype=np.int64)
+    seen = np.zeros((problems, n), dtype=bool)
+    reach = np.zeros(problems)
+    i = np.full(problems, cur, dtype=np.int64)
+    active = np.ones(problems, dtype=bool)
+    while True:
+        r = cost[ar, i] - (u[ar, i] - reach)[:, None] - v
+        better = (r < dist) & ~seen
+        better &= active[:, None]
+        np.copyto(dist, r, where=better)
+        np.copyto(path, i[:, None], where=better)
+        masked = np.where(seen, np.inf, dist)
+        j = masked.argmin(axis=1)
+        seen[ar, j] |= active
+        reach = np.where(active, masked[ar, j], reach)
+        i = row4col[ar, j]  # the row matched to it (-1: free, the search ends)
+        active &= i >= 0
+        if not active.any():
+            return dist, path, seen, reach
+
+
+def _augment(path: np.ndarray, row4col: np.ndarray, col4row: np.ndarray, j: np.ndarray, cur: int) -> None:
+    """Flip the matching along each problem's path from column ``j`` back to row ``cur``."""
+    ar = np.arange(path.shape[0])
+    active = np.ones(path.shape[0], dtype=bool)
+    while True:
+        i = path[ar, j]
+        row4col[ar, j] = np.where(active, i, row4col[ar, j])
+        prev = col4row[ar, i]
+        col4row[ar, i] = np.where(active, j, prev)
+        active &= i != cur
+        if not active.any():
+            return
+        j = np.where(active, prev, j)
 
 
 def match_clouds(x: Tensor, order: Tensor, partner: Tensor, k: int) -> Tensor:
