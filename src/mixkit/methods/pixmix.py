@@ -12,22 +12,32 @@ mixing pictures are :func:`mixkit.functional.fractals.fractal_images`.
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from mixkit import rng
 from mixkit.base import MixMethod
 from mixkit.errors import DTypeError, HyperParameterError, ShapeError
-from mixkit.functional.augment_ops import ALL_OPS, AUGMIX_OPS, apply_ops_grouped, sample_ops
+from mixkit.functional.augment_ops import (
+    ALL_OPS,
+    AUGMIX_OPS,
+    apply_ops_grouped,
+    sample_ops,
+)
 from mixkit.functional.blend import gather_rows, match_format, memory_order, take_rows
-from mixkit.functional.fractals import fractal_images
+from mixkit.functional.pixmix_pictures import (
+    _crop,
+    _fit,
+    _fractal_set,
+    _image_paths,
+    _load_images,
+    _match_channels,
+)
 from mixkit.registry import register
 from mixkit.types import MixTarget, Params
 from mixkit.validation import check_alpha, check_positive_int
@@ -35,8 +45,6 @@ from mixkit.validation import check_alpha, check_positive_int
 __all__ = ["PixMix", "PixMixParams", "additive_mix", "mixing_coefficients", "multiplicative_mix"]
 
 _PAD = 9 / 8  # pictures are fitted to 9/8 of the batch's size, then cropped (Resize(36) + RandomCrop(32))
-_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
-_LUMA = (0.299, 0.587, 0.114)
 
 
 # ------------------------------------------------------------------------- the mixings
@@ -79,79 +87,6 @@ def mixing_coefficients(size: tuple[int, ...], beta: float, *, generator: torch.
     d2 = rng.beta(size, 1.0, beta, generator=generator)
     d3 = rng.beta(size, 1.0, beta, generator=generator)
     return torch.stack([torch.where(first, d1, 1 + d2), torch.where(first, d2, -d3)], dim=-1)
-
-
-# ---------------------------------------------------------------------- the picture set
-@functools.lru_cache(maxsize=2)
-def _fractal_set(n: int, hw: tuple[int, int], channels: int, seed: int) -> Tensor:
-    """``(n, C, H, W)`` uint8 fractals, shared by every PixMix with the same set."""
-    g = torch.Generator().manual_seed(seed)
-    parts = [fractal_images(min(256, n - i), hw, channels=channels, generator=g) for i in range(0, n, 256)]
-    return torch.cat([(p * 255).round_().to(torch.uint8) for p in parts])
-
-
-def _image_paths(folder: Path) -> list[Path]:
-    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in _IMAGE_SUFFIXES and p.is_file())
-    if not paths:
-        raise FileNotFoundError(
-            f"mixing_set: no images ({', '.join(sorted(_IMAGE_SUFFIXES))}) in {str(folder)!r} or its sub-folders"
-        )
-    return paths
-
-
-def _load_images(paths: list[Path]) -> list[Tensor]:
-    """Decode the pictures as ``(3, h, w)`` uint8 RGB tensors (Pillow, imported here)."""
-    try:
-        from PIL import Image
-    except ImportError as err:
-        raise ImportError(
-            "PixMix needs Pillow to read a folder of mixing pictures: pip install mixkit[data] "
-            "(or pip install pillow)"
-        ) from err
-    out = []
-    for path in paths:
-        with Image.open(path) as im:
-            rgb = im.convert("RGB")
-            data = torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8)
-            out.append(data.view(rgb.height, rgb.width, 3).permute(2, 0, 1))
-    return out
-
-
-def _fit(pics: Tensor, hw: tuple[int, int]) -> Tensor:
-    """Resize (aspect kept, antialiased) to cover ``hw``, then centre-crop: uint8 ``(N, C, *hw)``."""
-    h, w = pics.shape[-2:]
-    scale = max(hw[0] / h, hw[1] / w)
-    size = (max(hw[0], math.ceil(h * scale - 1e-6)), max(hw[1], math.ceil(w * scale - 1e-6)))
-    out = pics.float()
-    if size != (h, w):
-        out = F.interpolate(out, size=size, mode="bilinear", align_corners=False, antialias=scale < 1)
-    top, left = (size[0] - hw[0]) // 2, (size[1] - hw[1]) // 2
-    out = out[..., top : top + hw[0], left : left + hw[1]]
-    return out.round_().clamp_(0, 255).to(torch.uint8)
-
-
-def _match_channels(pics: Tensor, channels: int) -> Tensor:
-    """uint8 pictures with ``channels`` channels (RGB to luma for grey-scale data)."""
-    c = pics.shape[1]
-    if c == channels:
-        return pics
-    if c == 3 and channels == 1:
-        luma = torch.tensor(_LUMA).view(1, 3, 1, 1)
-        return (pics.float() * luma).sum(1, keepdim=True).round_().to(torch.uint8)
-    if c == 1:
-        return pics.expand(-1, channels, -1, -1).contiguous()
-    raise ShapeError(f"mixing_set pictures have {c} channels but the batch has {channels}")
-
-
-def _crop(pics: Tensor, index: Tensor, offsets: Tensor, hw: tuple[int, int]) -> Tensor:
-    """Crop pictures ``pics[index]`` (``pics`` is ``(P, C, Hp, Wp)``) to ``(B, C, *hw)`` at
-    per-sample offsets in [0, 1) of the slack: one indexing of the view of every crop window
-    (no copy of the whole pictures first)."""
-    (hp, wp), (h, w) = pics.shape[-2:], hw
-    slack = torch.tensor([hp - h + 1, wp - w + 1], dtype=torch.float64)
-    start = (offsets * slack).long().to(pics.device)
-    windows = pics.unfold(2, h, 1).unfold(3, w, 1)  # (P, C, Hp - h + 1, Wp - w + 1, h, w), a view
-    return windows[index.to(pics.device), :, start[:, 0], start[:, 1]]
 
 
 # ----------------------------------------------------------------------------- method
