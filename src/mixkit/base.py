@@ -60,6 +60,9 @@ class MixMethod:
     #: per-channel ``(mean, std)`` the input was normalised with, for methods that work in
     #: pixel space (None: inputs are raw pixels in [0, 1]); see :meth:`set_input_normalization`.
     input_normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+    #: whether ``__call__`` writes the mixed batch into ``x`` (set by the methods that offer
+    #: ``inplace=True`` and implement :meth:`_mix_`).
+    inplace: bool = False
     #: share of every class the training engine keeps out of training for this method and
     #: hands to :meth:`attach_holdout` (0: the method needs no held-out data).
     holdout_fraction: float = 0.0
@@ -115,7 +118,7 @@ class MixMethod:
         """
         rng.check_generator(generator)
         self.check(x, y)
-        inplace = getattr(self, "inplace", False)
+        inplace = self.inplace
         if inplace and torch.is_grad_enabled() and x.requires_grad:
             raise ValueError(
                 f"{type(self).__name__}(inplace=True) writes into x, but x requires grad: autograd "
