@@ -248,17 +248,24 @@ def gather_rows_scratch(view: Tensor, index: Tensor) -> Tensor:
     the largest batch seen and is valid until the next call on the same thread; free it with
     :func:`mixkit.functional.release_scratch`.
     """
-    index = index.to(view.device)
     if view.device.type != "cpu":
-        return take_rows(view, index)
+        return take_rows(view, index.to(view.device))
+    if index.device.type != "cpu":
+        index = index.cpu()
     shape = (index.shape[0],) + tuple(view.shape[1:])
-    numel = math.prod(shape)
-    rows = getattr(_SCRATCH, "rows", {})
-    buf = rows.get(view.dtype)
-    if buf is None or buf.numel() < numel:
-        buf = rows[view.dtype] = torch.empty(numel, dtype=view.dtype)
-        _SCRATCH.rows = rows
-    out = buf[:numel].view(shape)
+    rows = getattr(_SCRATCH, "rows", None)
+    if rows is None:
+        rows = _SCRATCH.rows = {}
+    last = rows.get(("view", view.dtype))  # the last call's view, reused for the same shape
+    if last is not None and last[0] == shape:
+        out = last[1]
+    else:
+        numel = math.prod(shape)
+        buf = rows.get(view.dtype)
+        if buf is None or buf.numel() < numel:
+            buf = rows[view.dtype] = torch.empty(numel, dtype=view.dtype)
+        out = buf[:numel].view(shape)
+        rows[("view", view.dtype)] = (shape, out)
     if view.is_contiguous():  # whole rows: one copy per row
         torch.index_select(view.view(view.shape[0], -1), 0, index, out=out.view(index.shape[0], -1))
     else:

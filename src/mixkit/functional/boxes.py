@@ -45,7 +45,7 @@ def sample_cut_boxes(lam: Tensor, spatial: Sequence[int], *, generator: torch.Ge
     """
     d = len(spatial)
     if lam.numel() == 1:
-        return _one_cut_box(float(lam.reshape(())), spatial, generator)
+        return _one_cut_box(lam.item(), spatial, generator)
     # torch.rsub, torch.pow: the operators' Python wrappers cost more than the ops here
     ratio = torch.pow(torch.rsub(lam.to(torch.float64), 1.0).clamp_(0, 1), 1.0 / d)
     sizes = torch.tensor(list(spatial), dtype=torch.long)
@@ -61,10 +61,13 @@ def _one_cut_box(lam: float, spatial: Sequence[int], generator: torch.Generator 
     share = min(max(1.0 - lam, 0.0), 1.0)
     # torch evaluates ``t ** 0.5`` as a square root and ``t ** 1.0`` as the identity
     ratio = math.sqrt(share) if d == 2 else share if d == 1 else share ** (1.0 / d)
+    if len(set(spatial)) == 1:  # equal sides: one call, the same draws as one per dim
+        centres = rng.randint(0, spatial[0], (d,), generator=generator).tolist()
+    else:
+        centres = [int(rng.randint(0, size, (1,), generator=generator)) for size in spatial]
     starts, ends = [], []
-    for size in spatial:
+    for size, centre in zip(spatial, centres):
         half = math.floor(ratio * size) // 2
-        centre = int(rng.randint(0, size, (1,), generator=generator))
         starts.append(max(centre - half, 0))
         ends.append(min(centre + half, size))
     return torch.tensor([starts + ends], dtype=torch.long)
@@ -81,7 +84,7 @@ def box_fraction(boxes: Tensor, spatial: Sequence[int]) -> Tensor:
 
 def one_box_fraction(boxes: Tensor, spatial: Sequence[int]) -> float:
     """:func:`box_fraction` of one box ``(1, 2 * d)``, as a float (no tensor ops)."""
-    row, d = boxes[0].tolist(), len(spatial)
+    row, d = boxes.tolist()[0], len(spatial)
     return math.prod(max(e - s, 0) for s, e in zip(row[:d], row[d:])) / float(math.prod(spatial))
 
 
@@ -136,10 +139,10 @@ def box_weight(
 Span = tuple[int, int, int]  # (dim, start, length) of a box along one dim of a tensor
 
 
-def _spans(box: Tensor, d: int, order: tuple[int, ...] | None = None) -> tuple[Span, ...]:
+def _spans(box: Tensor | list[int], d: int, order: tuple[int, ...] | None = None) -> tuple[Span, ...]:
     """The box's extent along each spatial dim of ``x`` (``order``: of its :func:`memory_order`
     view, where the spatial dims come first)."""
-    b = box.tolist()
+    b = box.tolist() if isinstance(box, Tensor) else box
     first = 2 if order is None else 1
     return tuple((first + k, b[k], max(b[d + k] - b[k], 0)) for k in range(d))
 
@@ -186,7 +189,7 @@ def _paste_setup(x: Tensor, index: Tensor, boxes: Tensor) -> tuple[tuple[int, ..
     """``x``'s memory order and view in it, ``index`` on its device, and the spans of the
     batch's one box (``None`` for a box per sample)."""
     order = memory_order(x)
-    spans = _spans(boxes[0], x.ndim - 2, order) if boxes.shape[0] == 1 else None
+    spans = _spans(boxes.tolist()[0], x.ndim - 2, order) if boxes.shape[0] == 1 else None
     return order, to_memory(x, order), index.to(x.device), spans
 
 
