@@ -237,11 +237,24 @@ def row_calls(key: dict, y: torch.Tensor, num_classes: int, libs: list[str], pee
             calls["mixkit_inplace"] = mixkit_call(op, mode, y, num_classes, g, inplace=True)
             if "timm" in libs and (call := ops_peers.timm_inplace(peers, op, mode, y, num_classes)) is not None:
                 calls["timm_inplace"] = call
+                calls["copy"] = copy_call()
     return calls, missing
 
 
+def copy_call() -> Callable:
+    """``own.copy_(x)`` into a tensor kept across calls: one read and one write of the batch,
+    the least an in-place mix can cost (the ``copy`` column)."""
+    own: list[torch.Tensor] = []
+
+    def call(x: torch.Tensor) -> torch.Tensor:
+        if not own:
+            own.append(torch.empty_like(x))
+        return own[0].copy_(x)
+    return call
+
+
 def run_row(key: dict, calls: dict[str, Callable], args: argparse.Namespace, x: torch.Tensor) -> list[dict]:
-    runners = {lib: _runner(c, x, key["pass"], key["device"], fwd_only=(lib == "clone")) for lib, c in calls.items()}
+    runners = {lib: _runner(c, x, key["pass"], key["device"], fwd_only=(lib in ("clone", "copy"))) for lib, c in calls.items()}
     results = time_row(runners, args.warmup, args.repeats, args.budget)
     clock = "wall" if key["device"] != "cpu" else args.clock
     stamp = {"measured_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "loadavg_1min": os.getloadavg()[0],

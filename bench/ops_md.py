@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+from collections.abc import Callable
 from pathlib import Path
 
 PEERS = ("timm", "timm_pair", "kornia", "mixup")
@@ -69,8 +71,8 @@ def _ratios(libs: dict[str, dict]) -> tuple[str, str]:
 def compared_table(rows: list[dict]) -> list[str]:
     lines = [
         "| operation | size | dtype | mode | pass | device | mixkit | " + " | ".join(HEADS[p] for p in PEERS)
-        + " | clone | mixkit / fastest peer | mixkit in place | timm in place | in place: mixkit / timm |",
-        "|---" * (12 + len(PEERS)) + "|",
+        + " | clone | mixkit / fastest peer | mixkit in place | timm in place | in place: mixkit / timm | copy |",
+        "|---" * (13 + len(PEERS)) + "|",
     ]
     table = _index([r for r in rows if r.get("group") == "compared"])
     first = {op: i for i, op in enumerate(dict.fromkeys(k[0] for k in table))}
@@ -80,7 +82,8 @@ def compared_table(rows: list[dict]) -> list[str]:
         cells = [_ms(libs.get(lib)) for lib in ("mixkit",) + PEERS + ("clone",)]
         ratio, ratio_in_place = _ratios(libs)
         lines.append(f"| {op} | {size} | {dtype} | {mode} | {pass_} | {device} | " + " | ".join(cells)
-                     + f" | {ratio} | {_ms(libs.get('mixkit_inplace'))} | {_ms(libs.get('timm_inplace'))} | {ratio_in_place} |")
+                     + f" | {ratio} | {_ms(libs.get('mixkit_inplace'))} | {_ms(libs.get('timm_inplace'))} | {ratio_in_place}"
+                     f" | {_ms(libs.get('copy'))} |")
     return lines
 
 
@@ -101,7 +104,7 @@ def summary(rows: list[dict]) -> list[str]:
             losing.append(f"{name(key)} ({mine / min(peers):.2f})")
         timm = med(libs, "timm")
         if key[3] == "elem" and timm is not None:
-            elem.append((timm / mine, name(key)))
+            elem.append((timm / mine, name(key), timm / (med(libs, "clone") or math.inf)))
     if not compared:
         return []
     lines = [f"- mixkit's median is at most the fastest peer's in **{compared - len(losing)} of {compared}** rows"
@@ -113,12 +116,41 @@ def summary(rows: list[dict]) -> list[str]:
         lines.append(f"- In place (`inplace=True` against timm, each overwriting a tensor of its own): mixkit at most "
                      f"timm's time in **{len(pairs) - len(slower)} of {len(pairs)}** rows"
                      + (f"; slower in: {', '.join(f'{n} ({r:.2f})' for r, n in slower)}." if slower else "."))
+    lines += _inplace_elem(table, med, name)
     if elem:
         short = sorted(e for e in elem if e[0] < 10)
         lines.append(f"- Per-sample mode against timm's `elem`: **{len(elem) - len(short)} of {len(elem)}** rows at "
                      f"least 10 times faster (range {min(elem)[0]:.1f}x to {max(elem)[0]:.1f}x)"
-                     + (f"; under 10x: {', '.join(f'{n} ({r:.1f}x)' for r, n in short)}." if short else "."))
+                     + (f"; under 10x: {', '.join(f'{n} ({r:.1f}x)' for r, n, _ in short)}." if short else "."))
+        bound = [(c, n) for r, n, c in short if c < 10]
+        if bound:
+            lines.append("  - Out of reach out of place: an out-of-place call writes at least one fresh batch (the "
+                         "`clone` column), and there timm's `elem` takes less than 10 clones, so no out-of-place "
+                         "call can be 10 times faster (timm / clone: "
+                         + ", ".join(f"{n} {c:.1f}x" for c, n in sorted(bound)) + ").")
     return lines
+
+
+#: operations whose in-place call rewrites every element (a copy of the batch bounds their time)
+REWRITES_ALL = ("mixup",)
+
+
+def _inplace_elem(table: dict, med: Callable, name: Callable) -> list[str]:
+    """Per-sample mode in place against timm's in place, with the bound the ``copy`` column sets."""
+    keys = [key for key, libs in table.items()
+            if key[3] == "elem" and med(libs, "mixkit_inplace") and med(libs, "timm_inplace")]
+    rows = [(med(table[key], "timm_inplace") / med(table[key], "mixkit_inplace"), name(key),
+             med(table[key], "timm_inplace") / (med(table[key], "copy") or math.inf)) for key in keys]
+    if not rows:
+        return []
+    bound = sorted((c, n) for (r, n, c), key in zip(rows, keys) if r < 10 and c < 10 and key[0] in REWRITES_ALL)
+    return [f"- Per-sample mode in place (both libraries in place): **{sum(r >= 10 for r, _, _ in rows)} of {len(rows)}**"
+            " rows at least 10 times faster than timm's `elem` ("
+            + ", ".join(f"{n} {r:.1f}x" for r, n, _ in sorted(rows)) + ")."
+            + ("" if not bound else " For a blend, which rewrites every element, a plain copy of the batch into a "
+               "tensor of its own (the `copy` column: one read and one write, less than any in-place blend does) is "
+               "itself less than 10 times faster than timm there (timm in place / copy: "
+               + ", ".join(f"{n} {c:.1f}x" for c, n in bound) + ").")]
 
 
 def others_table(rows: list[dict]) -> list[str]:
@@ -173,7 +205,8 @@ def render(result: dict) -> str:
         "others; the `clone` column is `x.clone()` alone. *mixkit / fastest peer* compares with the peers as "
         "timed (out of place). The in-place columns (forward rows of Mixup and CutMix) time mixkit built with "
         "`inplace=True` and timm each on a tensor of its own that the call overwrites, again at every call "
-        "(no clone). A ratio above 1 (bold) means mixkit is slower. `-`: the "
+        "(no clone); the `copy` column beside them is `own.copy_(x)` into a tensor kept across calls (one read and "
+        "one write of the batch, no allocation). A ratio above 1 (bold) means mixkit is slower. `-`: the "
         "library does not offer that operation/mode; `n/a`: not in mixkit, no gradient flows "
         "(not differentiable), or a backward too slow to time (mixup's PuzzleMix above 64x64: one autograd "
         "node per swapped block, each copying the whole gradient).",
