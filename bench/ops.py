@@ -100,7 +100,8 @@ def environment(peers: ops_peers.Peers) -> dict:
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {"cpu": cpu_model(), "cores": os.cpu_count(), "gpu": gpu, "platform": platform.platform(),
             "python": platform.python_version(), "threads": torch.get_num_threads(),
-            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "versions": versions}
+            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+            "thp_mem_alloc_enable": os.environ.get("THP_MEM_ALLOC_ENABLE"), "versions": versions}
 
 
 # ---------------------------------------------------------------------------------- mixkit

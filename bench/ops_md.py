@@ -181,7 +181,7 @@ def render(result: dict) -> str:
         "",
         f"Measured {result['created']} on {m['cpu']} ({m['cores']} cores"
         + (f", GPU {m['gpu']}" if m.get("gpu") else "") + f"), {m['platform']}, Python {m['python']}; "
-        f"torch threads {m['threads']} (OMP_NUM_THREADS={m.get('omp_num_threads')}). Versions: {versions}.",
+        f"torch threads {m['threads']} (OMP_NUM_THREADS={m.get('omp_num_threads')}, THP_MEM_ALLOC_ENABLE={m.get('thp_mem_alloc_enable')}). Versions: {versions}.",
         f"Load average before {result['loadavg_before'][0]:.2f}, after {result['loadavg_after'][0]:.2f} "
         f"(1 min); each row's own load is in the JSON. Run time {result['duration_s']:.0f} s.",
         "",
