@@ -22,14 +22,31 @@ from mixkit.errors import (
 )
 from mixkit.hooks import mix_features
 from mixkit.losses import mixup_binary_cross_entropy, mixup_cross_entropy
-from mixkit.methods import ERM, BetweenClass, CutMix, FMix, ManifoldMixup, MixUp, ResizeMix
+from mixkit.methods import (
+    ERM,
+    BetweenClass,
+    CutMix,
+    FMix,
+    ManifoldMixup,
+    MixUp,
+    ResizeMix,
+)
+from mixkit.methods.cut_thumbnail import CutThumbnail
 from mixkit.methods.cutting_halves import YOCO, StackMix
 from mixkit.methods.cutting_masks import GMix, GridMix, HMix, SmoothMix
+from mixkit.methods.k_mixup import KMixup
 from mixkit.methods.linear_more import LocalMixup, SamplePairing
 from mixkit.methods.mixed_example import MixedExample
-from mixkit.methods.multi import RICAP, CutThumbnail, DCutMix, KMixup, Mosaic
+from mixkit.methods.multi import RICAP, DCutMix, Mosaic
 from mixkit.methods.random_policies import RandomChoice, RandomMix
-from mixkit.registry import FAMILIES, MethodInfo, create, list_methods, method_info, register
+from mixkit.registry import (
+    FAMILIES,
+    MethodInfo,
+    create,
+    list_methods,
+    method_info,
+    register,
+)
 from mixkit.types import (
     BlendParams,
     BoxParams,

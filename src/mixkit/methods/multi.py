@@ -5,12 +5,8 @@ Papers and reference code:
       Patching for Deep CNNs", ACML 2018 / IEEE TCSVT 2020 (github.com/jackryo/ricap).
     * Jeong et al., "Observations on K-image Expansion of Image-Mixing Augmentation" (DCutMix),
       IEEE Access 2023, arXiv 2110.04248 (github.com/clovaai/DCutMix).
-    * Xie et al., "Cut-Thumbnail: A Novel Data Augmentation for Convolutional Neural Network",
-      ACM MM 2021 (github.com/TianshuXie/Cut-Thumbnail).
     * Bochkovskiy, Wang, Liao, "YOLOv4: Optimal Speed and Accuracy of Object Detection",
       arXiv 2004.10934, 2020 (Mosaic; github.com/AlexeyAB/darknet, ``src/data.c``).
-    * Greenewald et al., "k-Mixup Regularization for Deep Learning via Optimal Transport",
-      TMLR 2023 (github.com/AnmingGu/kmixup-cifar10).
 
 k-source methods return a :class:`MultiParams`: ``sources (B, k)`` (column 0 the row itself)
 and ``weights (B, k)``, the realised share of each source; ``lam`` is the total weight of the
@@ -31,18 +27,14 @@ from torch import Tensor
 from mixkit import rng
 from mixkit.base import MixMethod
 from mixkit.errors import HyperParameterError
-from mixkit.functional.blend import blend
-from mixkit.functional.boxes import box_fraction
 from mixkit.functional.multi import (
     chain_sources,
     check_nested,
     check_tiling,
-    match_clouds,
     merge_repeats,
     nested_shares,
     own_weight,
     paste_nested,
-    paste_thumbnails,
     quadrant_cells,
     quadrant_shares,
     sample_nested_boxes,
@@ -50,10 +42,16 @@ from mixkit.functional.multi import (
 )
 from mixkit.methods.cutting import _empty_inactive
 from mixkit.registry import register
-from mixkit.types import BlendParams, BoxParams, MixOutput, MixTarget, Params
-from mixkit.validation import check_alpha, check_choice, check_params, check_positive_int, check_range
+from mixkit.types import MixTarget, Params
+from mixkit.validation import (
+    check_alpha,
+    check_choice,
+    check_params,
+    check_positive_int,
+    check_range,
+)
 
-__all__ = ["MultiParams", "TileParams", "NestedBoxParams", "RICAP", "Mosaic", "DCutMix", "CutThumbnail", "KMixup"]
+__all__ = ["MultiParams", "TileParams", "NestedBoxParams", "RICAP", "Mosaic", "DCutMix"]
 
 
 @dataclass(frozen=True, eq=False, kw_only=True)
@@ -341,163 +339,14 @@ class DCutMix(MixMethod):
         return _multi_target(y, params, self.num_classes)
 
 
-@register(
-    "cut_thumbnail",
-    family="multi",
-    paper="Cut-Thumbnail: A Novel Data Augmentation for Convolutional Neural Network",
-    authors="Xie et al.",
-    venue="ACM MM 2021",
-    year=2021,
-    code="https://github.com/TianshuXie/Cut-Thumbnail",
-    sources=2,
-    summary="A shrunk copy (thumbnail) of the partner, or of the sample itself, pasted at a random place.",
-)
-class CutThumbnail(MixMethod):
-    """Cut-Thumbnail: paste a thumbnail (the whole image, shrunk) over a random region.
+def __getattr__(name: str) -> object:
+    """``CutThumbnail`` and ``KMixup`` moved to modules of their own; still importable from here."""
+    if name == "CutThumbnail":
+        from mixkit.methods.cut_thumbnail import CutThumbnail
 
-    As the reference code (``train.py``): the thumbnail has side ``round(size * side)`` per
-    dim (112 of 224 for ImageNet, ``size=0.5``) and lies wholly inside the image at a uniform
-    position, one position per batch. ``variant="mixed"`` (mixed single thumbnail, MST, the
-    paper's best) pastes the thumbnail of a partner ``x[perm]`` and gives it the label weight
-    ``thumbnail_weight`` (the code's ``--lam 0.25``; ``None``: the thumbnail's realised area
-    share, which is 0.25 at ``size=0.5``), so ``lam = 1 - weight``, the same for every mixed
-    sample. ``variant="self"`` (self thumbnail, ST) pastes the sample's own thumbnail and
-    keeps its label (``lam = 1``). The README's runs apply it to a batch with probability
-    ``participation_rate`` 0.8 (pass ``p=0.8``; the default 1 mixes every batch). Resizing is
-    (bi/tri)linear without antialiasing, as ResizeMix here (the code calls ``F.interpolate``
-    with its default, nearest). Works on 1-D, 2-D and 3-D inputs and on uint8 images.
+        return CutThumbnail
+    if name == "KMixup":
+        from mixkit.methods.k_mixup import KMixup
 
-    Args:
-        variant: ``"mixed"`` or ``"self"``.
-        size: thumbnail side as a share of the image side, in (0, 1].
-        thumbnail_weight: label weight of the thumbnail's source in [0, 1] (``"mixed"``);
-            ``None`` uses its area share.
-        p: probability of mixing the batch or each sample.
-        mode: ``"batch"`` (one position) or ``"elem"`` (one position per sample).
-        num_classes: number of classes, if known.
-
-    Example:
-        >>> import torch, mixkit
-        >>> out = mixkit.create("cut_thumbnail", p=1.0)(torch.rand(2, 3, 32, 32), torch.tensor([0, 1]),
-        ...                                             generator=torch.Generator().manual_seed(0))
-        >>> out.params.boxes[0, 2:] - out.params.boxes[0, :2], float(out.params.lam[0])
-        (tensor([16, 16]), 0.75)
-    """
-
-    spatial_dims = (1, 2, 3)
-    needs_float = False
-    fixed_lambda = True
-
-    def __init__(
-        self,
-        *,
-        variant: str = "mixed",
-        size: float = 0.5,
-        thumbnail_weight: float | None = None,
-        p: float = 1.0,
-        mode: str = "batch",
-        num_classes: int | None = None,
-    ) -> None:
-        super().__init__(p=p, mode=mode, num_classes=num_classes)
-        self.variant = check_choice(variant, ("mixed", "self"), "variant")
-        self.size = check_range(size, 0.0, 1.0, "size")
-        if self.size <= 0:
-            raise HyperParameterError(f"size must be > 0, got {size}")
-        self.thumbnail_weight = (
-            None if thumbnail_weight is None else check_range(thumbnail_weight, 0.0, 1.0, "thumbnail_weight")
-        )
-
-    def sample(self, x: Tensor, y: Tensor | None = None, *, generator: torch.Generator | None = None) -> BoxParams:
-        b, spatial = x.shape[0], tuple(x.shape[2:])
-        index = rng.randperm(b, generator=generator) if self.variant == "mixed" else torch.arange(b)
-        n = 1 if self.mode == "batch" else b
-        starts, ends = [], []
-        for s in spatial:
-            side = min(max(1, round(self.size * s)), s)
-            start = rng.randint(0, s - side + 1, (n,), generator=generator)
-            starts.append(start)
-            ends.append(start + side)
-        active = self._active(b, generator)
-        boxes = _empty_inactive(torch.stack(starts + ends, dim=1), _rows(n, active))
-        if self.variant == "self":
-            return BoxParams(index=index, lam=torch.ones(b, dtype=torch.float64), boxes=boxes)
-        share = box_fraction(boxes, spatial).expand(b)
-        if self.thumbnail_weight is not None:
-            share = torch.where(share > 0, torch.full_like(share, self.thumbnail_weight), share)
-        return BoxParams(index=self._partner(index, active), lam=1.0 - share, boxes=boxes)
-
-    def __call__(self, x: Tensor, y: Tensor, *, generator: torch.Generator | None = None) -> MixOutput:
-        if self.variant == "mixed":
-            return super().__call__(x, y, generator=generator)
-        rng.check_generator(generator)  # a self thumbnail keeps lam = 1 but still changes x
-        self.check(x, y)
-        params = self.sample(x, y, generator=generator)
-        return MixOutput(self._mix(x, params), self.target(y, params), params)
-
-    def _mix(self, x: Tensor, params: BoxParams) -> Tensor:
-        return paste_thumbnails(x, params.index, params.boxes)
-
-
-@register(
-    "k_mixup",
-    family="multi",
-    paper="k-Mixup Regularization for Deep Learning via Optimal Transport",
-    authors="Greenewald et al.",
-    venue="TMLR 2023",
-    year=2023,
-    code="https://github.com/AnmingGu/kmixup-cifar10",
-    sources=2,
-    summary="Mixup between clouds of k samples matched by optimal transport (an exact assignment).",
-)
-class KMixup(MixMethod):
-    """k-Mixup: mixup of each sample with its optimal-transport match in a partner cloud.
-
-    The batch is split into clouds of ``k`` random rows (a last, smaller cloud takes the rest);
-    each cloud's partner cloud is the next ``k`` rows of the same random order (disjoint from
-    it; the code draws a second permutation, which may overlap) and its samples are matched by
-    the permutation minimising the total squared Euclidean distance (the discrete
-    Wasserstein-2 coupling, solved exactly by
-    :func:`mixkit.functional.multi.linear_assignment`), then
-    ``x~ = lam * x + (1 - lam) * x[match]`` with ``lam ~ Beta(alpha, alpha)``, and the
-    same for labels. The paper's displacement interpolation uses one lambda per cloud pair;
-    ``"batch"`` mode draws one for the batch, as the reference code, and ``"elem"`` one per
-    sample. The code matches with unsquared distances (scipy ``distance_matrix``), which can
-    give another permutation. Batches of fewer than ``2k`` samples use clouds of ``B // 2`` (a
-    single cloud matched with itself would pair every sample with itself). ``k=1`` is mixup.
-    Defaults: ``k=16`` (the README's example, which pairs it with ``alpha=10``) and the code's
-    ``alpha=1``.
-
-    Args:
-        k: cloud size (>= 1).
-        alpha: Beta concentration (> 0).
-        p: probability of mixing the batch or each sample.
-        mode: ``"batch"`` (one lambda) or ``"elem"`` (one lambda per sample).
-        num_classes: number of classes, if known.
-
-    Example:
-        >>> import torch, mixkit
-        >>> x = torch.rand(8, 3, 4, 4)
-        >>> out = mixkit.create("k_mixup", k=4)(x, torch.arange(8), generator=torch.Generator().manual_seed(0))
-        >>> lam, index = float(out.params.lam[0]), out.params.index
-        >>> torch.allclose(out.x, lam * x + (1 - lam) * x[index])
-        True
-    """
-
-    def __init__(
-        self, *, k: int = 16, alpha: float = 1.0, p: float = 1.0, mode: str = "batch", num_classes: int | None = None
-    ) -> None:
-        super().__init__(p=p, mode=mode, num_classes=num_classes)
-        self.k = check_positive_int(k, "k", allow_none=False)
-        self.alpha = check_alpha(alpha)
-
-    def sample(self, x: Tensor, y: Tensor | None = None, *, generator: torch.Generator | None = None) -> BlendParams:
-        b = x.shape[0]
-        k = max(1, min(self.k, b // 2))
-        order = rng.randperm(b, generator=generator)
-        lam = self._per_sample(b, lambda size: rng.beta(size, self.alpha, self.alpha, generator=generator))
-        active = self._active(b, generator)
-        index = match_clouds(x, order, order.roll(-k), k)  # partner cloud: the next k rows of `order`
-        return BlendParams(index=self._partner(index, active), lam=torch.where(active, lam, 1.0))
-
-    def _mix(self, x: Tensor, params: BlendParams) -> Tensor:
-        return blend(x, params.index, params.lam)
+        return KMixup
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
