@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 import mixkit
 from conftest import gen
+from mixkit.methods.random_policies import ChoiceParams
 
 
 def test_methods_drawn_at_the_given_rates():
@@ -60,3 +61,65 @@ def test_randommix_defaults_follow_the_paper():
     rm = mixkit.create("randommix")
     assert rm.methods == ("mixup", "cutmix", "resizemix", "fmix") and rm.p is None
     assert [m.name for m in rm._methods] == ["mixup", "cutmix", "resizemix", "fmix"]
+
+
+def _rows_of_whole_batch_applies(rc, x, params):
+    """The reference: each method run on the whole batch, each row taken from its method."""
+    ref = x.clone()
+    for k, (method, inner) in enumerate(zip(rc._methods, params.inner)):
+        if inner is not None:
+            rows = params.choice == k
+            ref[rows] = method.apply(x, inner)[rows]
+    return ref
+
+
+@pytest.mark.parametrize("methods, p", [
+    (("mixup", "cutmix", "resizemix", "fmix"), None),
+    (("cutmix", "fmix", "hmix"), [0.3, 0.3, 0.3]),
+    (("smoothmix", "gmix", "gridmix", "mixup"), 0.8),
+])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_elem_mixes_only_the_drawn_rows_as_the_whole_batch_would(methods, p, dtype):
+    x = torch.randn(33, 3, 12, 10, generator=gen(0)).to(dtype).contiguous(memory_format=torch.channels_last)
+    rc = mixkit.RandomChoice(list(methods), p=p, mode="elem", num_classes=4)
+    for seed in range(3):
+        out = rc(x, torch.arange(33) % 4, generator=gen(seed))
+        assert torch.equal(out.x, _rows_of_whole_batch_applies(rc, x, out.params))
+        assert out.x.stride() == x.stride() and out.x.dtype == dtype
+
+
+def test_one_row_without_a_partner_keeps_its_own_box():
+    # a sub-batch of one row would make its box look shared (ResizeMix resizes a shared box
+    # with interpolate, per-row boxes with grid_sample): the mix pads it to two rows
+    x = torch.rand(4, 3, 16, 16, generator=gen(1))
+    rc = mixkit.RandomChoice(["resizemix", "cutmix"], mode="elem")
+    resize = rc._methods[0].sample(x, generator=gen(2))
+    resize = type(resize)(index=torch.tensor([0, 2, 3, 1]), lam=resize.lam, boxes=resize.boxes)
+    cut = rc._methods[1].sample(x, generator=gen(3))
+    choice = torch.tensor([0, 1, 1, 1])
+    params = ChoiceParams(index=resize.index, lam=resize.lam, choice=choice, inner=(resize, cut))
+    assert torch.equal(rc.apply(x, params), _rows_of_whole_batch_applies(rc, x, params))
+
+
+class _BatchMeanMixUp(mixkit.MixUp):
+    """A Mixup whose rows depend on the whole batch: must not be run on a sub-batch."""
+
+    def _mix(self, x, params):
+        return super()._mix(x, params) + x.mean()
+
+
+@pytest.mark.parametrize("other", ["mosaic", "ricap", _BatchMeanMixUp()])
+def test_other_methods_run_on_the_whole_batch(other):
+    x = torch.rand(9, 3, 16, 16, generator=gen(4))
+    rc = mixkit.RandomChoice(["cutmix", other], p=[0.4, 0.4], mode="elem", num_classes=3)
+    for seed in range(3):
+        out = rc(x, torch.arange(9) % 3, generator=gen(seed))
+        assert torch.equal(out.x, _rows_of_whole_batch_applies(rc, x, out.params))
+
+
+def test_gradient_flows_and_matches_the_values_without_grad():
+    x = torch.rand(6, 2, 5, 5, dtype=torch.float64, generator=gen(5))
+    rc = mixkit.RandomChoice(["mixup", "cutmix", "resizemix", "fmix"], p=0.9, mode="elem")
+    params = rc.sample(x, generator=gen(6))
+    assert torch.equal(rc.apply(x.requires_grad_(), params).detach(), rc.apply(x.detach(), params))
+    assert torch.autograd.gradcheck(lambda t: rc.apply(t, params), (x,))

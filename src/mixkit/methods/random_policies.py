@@ -11,7 +11,7 @@ Papers and reference code:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -19,9 +19,12 @@ from torch import Tensor
 
 from mixkit.base import MixMethod
 from mixkit.errors import HyperParameterError
-from mixkit.functional.blend import select_rows
+from mixkit.functional.blend import gather_rows, memory_order, select_rows, to_memory
+from mixkit.methods.cutting import CutMix, FMix, ResizeMix
+from mixkit.methods.cutting_masks import GMix, GridMix, GridParams, HMix, HMixParams, SmoothMix
+from mixkit.methods.linear import MixUp
 from mixkit.registry import create, method_info, register
-from mixkit.types import MixTarget, Params
+from mixkit.types import BlendParams, BoxParams, MaskParams, MixTarget, Params, ResizeParams
 
 __all__ = ["RandomChoice", "RandomMix", "ChoiceParams"]
 
@@ -67,13 +70,79 @@ def _weights(p: float | Sequence[float] | None, n: int) -> tuple[float, ...]:
     return p
 
 
+#: methods whose output row ``r`` depends only on ``x[r]``, ``x[index[r]]`` and row ``r`` of
+#: the params fields listed (each ``(B, ...)``, or ``(1, ...)`` shared by the rows), with the
+#: exact params type they sample: these mix only the rows that drew them and their partners
+_ROW_WISE: dict[type, tuple[type, tuple[str, ...]]] = {
+    MixUp: (BlendParams, ()),
+    CutMix: (BoxParams, ("boxes",)),
+    ResizeMix: (ResizeParams, ("boxes",)),
+    FMix: (MaskParams, ("mask",)),
+    SmoothMix: (MaskParams, ("mask",)),
+    GMix: (MaskParams, ("mask",)),
+    GridMix: (GridParams, ("mask", "cells")),
+    HMix: (HMixParams, ("boxes", "outside")),
+}
+
+
+def _sub_batch(rows: list[int], index: list[int], b: int) -> tuple[Tensor, Tensor]:
+    """The batch rows a mix of ``rows`` alone reads, and the pairing within them.
+
+    Returns ``sub``: ``rows`` first, then their partners not among them (two rows at least,
+    so that per-row params never look shared), and ``sub_index``: each row's partner as a
+    position in ``sub`` (the partners' own rows are paired with themselves; their output is
+    not used).
+    """
+    partners = [index[r] for r in rows]
+    extra = sorted(set(partners).difference(rows))
+    if len(rows) + len(extra) < 2:
+        extra = [(rows[0] + 1) % b]
+    sub = rows + extra
+    position = {row: s for s, row in enumerate(sub)}
+    sub_index = [position[row] for row in partners] + list(range(len(rows), len(sub)))
+    return torch.tensor(sub), torch.tensor(sub_index)
+
+
+def _sub_params(params: Params, fields: tuple[str, ...], sub: Tensor, sub_index: Tensor) -> Params:
+    """``params`` for the rows ``sub`` of the batch, paired by ``sub_index``."""
+    b = params.batch_size
+    per_row = {}
+    for name in fields:
+        t = getattr(params, name)
+        per_row[name] = t if t.shape[0] != b else t.index_select(0, sub.to(t.device))
+    lam = params.lam.index_select(0, sub.to(params.lam.device))
+    # the whole batch's common lambda (or none): the same kernels as for the whole batch
+    return replace(params, index=sub_index, lam=lam, **per_row).with_lam_value(params.lam_value)
+
+
+def _mixed_rows(method: MixMethod, x: Tensor, params: Params, rows: list[int]) -> Tensor:
+    """``method.apply(x, params)[rows]``; a row-wise method mixes only those rows (and reads
+    their partners), any other method the whole batch."""
+    spec = _ROW_WISE.get(type(method))
+    if spec is None or type(params) is not spec[0]:
+        return gather_rows(method.apply(x, params), torch.tensor(rows, device=x.device))
+    sub, sub_index = _sub_batch(rows, params.index.tolist(), x.shape[0])
+    mixed = method.apply(gather_rows(x, sub.to(x.device)), _sub_params(params, spec[1], sub, sub_index))
+    return mixed[: len(rows)]
+
+
+def _put_rows(out: Tensor, rows: list[int], mixed: Tensor) -> Tensor:
+    """``mixed`` written into the ``rows`` of ``out`` (in place); returns ``out``."""
+    order = memory_order(out)  # row copies along contiguous memory (channels_last too)
+    to_memory(out, order).index_copy_(0, torch.tensor(rows, device=out.device), to_memory(mixed, order))
+    return out
+
+
 class RandomChoice(MixMethod):
     """Apply one of several methods, drawn per batch or per sample with probabilities ``p``.
 
     Weights summing to less than one leave the rest of the batches (or samples) unmixed.
-    Per-sample mode runs each method that some sample drew once on the whole batch (no loop
-    over samples) and keeps each sample's rows; the target has as many sources as the widest
-    method's, with zero weights where a method uses fewer.
+    Per-sample mode draws every method's params for the whole batch (no loop over samples),
+    then runs each method once on the rows that drew it: a method whose rows mix
+    independently (Mixup, CutMix, ResizeMix, FMix, SmoothMix, GMix, HMix, GridMix) on those
+    rows and their partners alone, any other on the whole batch, keeping those rows (every
+    method runs on the whole batch when ``x`` requires grad). The target has as many sources
+    as the widest method's, with zero weights where a method uses fewer.
 
     Args:
         methods: registry names or method objects (input-space methods).
@@ -135,6 +204,25 @@ class RandomChoice(MixMethod):
         return ChoiceParams(index=index, lam=lam, choice=choice, inner=tuple(inner))
 
     def _mix(self, x: Tensor, params: ChoiceParams) -> Tensor:
+        if torch.is_grad_enabled() and x.requires_grad:
+            return self._mix_whole(x, params)
+        choice = params.choice.tolist()
+        used = [k for k, inner in enumerate(params.inner) if inner is not None]
+        drawn = set(choice)
+        if len(drawn) == 1 and drawn <= set(used):  # one method for every row (batch mode)
+            return self._methods[choice[0]].apply(x, params.inner[choice[0]])
+        # when every row drew a method, each is written below: no copy of x to start from
+        out = torch.empty_like(x) if drawn <= set(used) else x.clone()
+        for k in used:
+            rows = [r for r, c in enumerate(choice) if c == k]
+            if rows:
+                out = _put_rows(out, rows, _mixed_rows(self._methods[k], x, params.inner[k], rows))
+        return out
+
+    def _mix_whole(self, x: Tensor, params: ChoiceParams) -> Tensor:
+        """:meth:`_mix` with every method run on the whole batch and each sample's rows kept
+        by a 0/1 ``lerp``: used when ``x`` requires grad, whose backward (the order in which a
+        row's gradients from several methods add up) this keeps as it always was."""
         out = None
         for k, (method, inner) in enumerate(zip(self._methods, params.inner)):
             if inner is None:
@@ -153,11 +241,11 @@ class RandomChoice(MixMethod):
         index = torch.arange(b, device=y.device).unsqueeze(1).repeat(1, width)
         weight = torch.zeros(b, width, device=y.device)
         weight[:, 0] = 1.0
+        choice = params.choice.to(y.device).unsqueeze(1)
         for k, t in parts.items():
-            rows = (params.choice == k).to(y.device)
-            weight = weight.to(t.weight.dtype)
-            index[rows] = F.pad(t.index, (0, width - t.k))[rows]  # padded sources get weight 0
-            weight[rows] = F.pad(t.weight, (0, width - t.k))[rows]
+            rows = choice == k
+            index = torch.where(rows, F.pad(t.index, (0, width - t.k)), index)  # padded sources get weight 0
+            weight = torch.where(rows, F.pad(t.weight, (0, width - t.k)), weight.to(t.weight.dtype))
         return MixTarget(y, index, weight, self.num_classes)
 
 
