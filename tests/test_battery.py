@@ -202,3 +202,26 @@ def test_metadata_complete(name):
     assert info.sources == "k" or (isinstance(info.sources, int) and info.sources >= 1)
     assert ("p" in info.defaults) == mixes(name) and mixkit.create(name).hparams == info.defaults
     assert info.cls.__doc__ and "Example" in info.cls.__doc__
+
+
+@pytest.mark.parametrize("name", [n for n in METHODS if not needs_model(n)])
+@pytest.mark.parametrize("mode", ["batch", "elem"])
+def test_gradient_reaches_the_input(name, mode):
+    """With params fixed, every mix but the augmentation chains is linear in ``x``, so the
+    gradient autograd returns is the mix's adjoint: ``<mix(x), v> == <x, grad>``. The chains
+    refuse an ``x`` that requires grad with a clear error."""
+    x, y = batch(dtype=torch.float64)
+    m = make(name, mode=mode, num_classes=K)
+    params = m.sample(x, y, generator=gen(13))
+    xg = x.clone().requires_grad_()
+    if not m.differentiable:
+        with pytest.raises(ValueError, match="not differentiable in x.*detach"):
+            m.apply(xg, params)
+        with pytest.raises(ValueError, match="not differentiable in x"):
+            m(xg, y)
+        return
+    out = m.apply(xg, params)
+    v = torch.randn(out.shape, generator=gen(14), dtype=out.dtype)
+    (grad,) = torch.autograd.grad((out * v).sum(), xg)
+    assert torch.isfinite(grad).all()
+    torch.testing.assert_close((x * grad).sum(), (out.detach() * v).sum(), rtol=1e-10, atol=1e-10)

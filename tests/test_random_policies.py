@@ -123,3 +123,11 @@ def test_gradient_flows_and_matches_the_values_without_grad():
     params = rc.sample(x, generator=gen(6))
     assert torch.equal(rc.apply(x.requires_grad_(), params).detach(), rc.apply(x.detach(), params))
     assert torch.autograd.gradcheck(lambda t: rc.apply(t, params), (x,))
+
+
+def test_a_choice_with_an_augmentation_chain_is_not_differentiable():
+    assert mixkit.RandomChoice(["mixup", "cutmix"]).differentiable
+    rc = mixkit.RandomChoice(["mixup", "augmix"], mode="elem")
+    assert not rc.differentiable
+    with pytest.raises(ValueError, match="not differentiable in x"):
+        rc(torch.rand(4, 3, 8, 8, requires_grad=True), torch.arange(4))

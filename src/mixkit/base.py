@@ -60,6 +60,10 @@ class MixMethod:
     #: per-channel ``(mean, std)`` the input was normalised with, for methods that work in
     #: pixel space (None: inputs are raw pixels in [0, 1]); see :meth:`set_input_normalization`.
     input_normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+    #: whether gradients flow from the mixed batch back into ``x`` (False for augmentation
+    #: chains whose operations are computed in place and are mostly piecewise constant: they
+    #: refuse an ``x`` that requires grad, with a clear error, rather than fail inside autograd).
+    differentiable: ClassVar[bool] = True
     #: whether ``__call__`` writes the mixed batch into ``x`` (set by the methods that offer
     #: ``inplace=True`` and implement :meth:`_mix_`).
     inplace: bool = False
@@ -84,6 +88,7 @@ class MixMethod:
         modified and the result is always a new tensor.
         """
         check_params(x, params)
+        self._check_grad(x)
         return self._mix(x, params)
 
     def _mix(self, x: Tensor, params: Params) -> Tensor:
@@ -93,6 +98,22 @@ class MixMethod:
     def _mix_(self, x: Tensor, params: Params) -> Tensor:
         """:meth:`_mix` written into ``x`` (methods with an ``inplace`` option)."""
         raise NotImplementedError(f"{type(self).__name__} has no in-place mixing")
+
+    def _check_grad(self, x: Tensor) -> None:
+        """Refuse an ``x`` that requires grad where autograd cannot follow the mix."""
+        if not (isinstance(x, Tensor) and x.requires_grad and torch.is_grad_enabled()):
+            return
+        if self.inplace:
+            raise ValueError(
+                f"{type(self).__name__}(inplace=True) writes into x, but x requires grad: autograd "
+                "cannot see through that; build the method with inplace=False"
+            )
+        if not self.differentiable:
+            raise ValueError(
+                f"{type(self).__name__} is not differentiable in x (its augmentation operations run in "
+                "place and are mostly piecewise constant), but x requires grad: pass x.detach(), or "
+                "mix under torch.no_grad()"
+            )
 
     def target(self, y: Tensor, params: Params) -> MixTarget:
         """The mixed target of labels ``y`` under ``params`` (two sources by default)."""
@@ -119,11 +140,7 @@ class MixMethod:
         rng.check_generator(generator)
         self.check(x, y)
         inplace = self.inplace
-        if inplace and torch.is_grad_enabled() and x.requires_grad:
-            raise ValueError(
-                f"{type(self).__name__}(inplace=True) writes into x, but x requires grad: autograd "
-                "cannot see through that; build the method with inplace=False"
-            )
+        self._check_grad(x)
         params = self.sample(x, y, generator=generator)
         unchanged = self.identity_at_full_lambda and params.lam_value == 1.0
         if inplace:

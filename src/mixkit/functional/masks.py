@@ -163,6 +163,8 @@ def hybrid_blend(x: Tensor, index: Tensor, boxes: Tensor, outside: Tensor) -> Te
     view = to_memory(x, order)
     if boxes.shape[0] == 1:
         out = to_memory(blend(x, index, outside), order)  # a new tensor
+        if torch.is_grad_enabled() and out.requires_grad:  # the blend's own output may not be written into
+            out = out.clone()
         spans = _spans(boxes[0], d, order)
         _narrow(out, spans).copy_(_gather_box(view, index, spans))
         return match_format(from_memory(out, order), x)

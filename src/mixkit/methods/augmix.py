@@ -125,6 +125,7 @@ class AugMix(MixMethod):
         (torch.Size([4, 3, 32, 32]), [1.0, 1.0, 1.0, 1.0])
     """
 
+    differentiable = False
     spatial_dims = (2,)
     identity_at_full_lambda = False
 

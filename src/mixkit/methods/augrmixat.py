@@ -164,6 +164,7 @@ class AugRmixAT(MixMethod):
         (torch.Size([4, 3, 16, 16]), [1.0, 1.0, 1.0, 1.0])
     """
 
+    differentiable = False
     spatial_dims = (2,)
     identity_at_full_lambda = False
 

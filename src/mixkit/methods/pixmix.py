@@ -205,6 +205,7 @@ class PixMix(MixMethod):
         (torch.Size([4, 3, 16, 16]), 1, True)
     """
 
+    differentiable = False
     spatial_dims = (2,)
     identity_at_full_lambda = False
 

@@ -177,6 +177,7 @@ class RandomChoice(MixMethod):
         self._probs = torch.tensor(_weights(p, len(self._methods)) + (0.0,), dtype=torch.float64)
         self._probs[-1] = max(0.0, 1.0 - float(self._probs[:-1].sum()))
         self.needs_float = any(m.needs_float for m in self._methods)  # type: ignore[misc]
+        self.differentiable = all(m.differentiable for m in self._methods)  # type: ignore[misc]
         self.identity_at_full_lambda = all(m.identity_at_full_lambda for m in self._methods)  # type: ignore[misc]
 
     def set_input_normalization(self, mean: Sequence[float], std: Sequence[float]) -> None:
