@@ -4,8 +4,9 @@ Usage:
     python bench/method_times.py [--size 224] [--batch 128] [--repeats 15] [--out bench/results/method_times.json]
     python bench/method_times.py --methods pixmix augmix   # re-time some methods, keep the other rows
 
-Label policies (family ``label``) mix as the method they wrap, so they are not timed here
-(their cost is in the training step). A method whose first call takes long gets fewer
+Label policies (family ``label``) mix as the method they wrap, and the learnable mixers
+(``needs`` a ``mixer``) draw their masks from a mixer network on the model's features, so
+neither is timed here (their cost is in the training step; see ``bench/learnable_step.py``). A method whose first call takes long gets fewer
 repeats (at least 3) so that each (method, mode) stays within ``--budget`` seconds. Each row
 records when it was measured and the machine's load average then.
 
@@ -59,7 +60,13 @@ def make_call(name: str, mode: str, x: torch.Tensor, y: torch.Tensor, g: torch.G
     return call
 
 
-def main() -> None:
+def timed_methods() -> list[str]:
+    """Every registered method but the label policies and the learnable mixers."""
+    return [n for n in mixkit.list_methods()
+            if mixkit.method_info(n).family != "label" and "mixer" not in mixkit.method_info(n).needs]
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--batch", type=int, default=128)
@@ -69,7 +76,7 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=30.0, help="seconds per (method, mode), roughly")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", default="bench/results/method_times.json")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -77,21 +84,32 @@ def main() -> None:
     x = torch.rand(args.batch, 3, args.size, args.size, generator=g)
     y = torch.randint(0, 10, (args.batch,), generator=g)
     rows = []
-    names = args.methods or [n for n in mixkit.list_methods() if mixkit.method_info(n).family != "label"]
+    names = args.methods or timed_methods()
+    out = Path(args.out)
+    kept = []
+    if args.methods and out.exists():  # keep the rows of the methods not re-timed
+        kept = [r for r in json.loads(out.read_text())["rows"] if r["method"] not in set(args.methods)]
     for name in names:
         modes = ("batch", "elem") if "mode" in mixkit.method_info(name).defaults else ("batch",)
         for mode in modes:
             t = time_call(make_call(name, mode, x, y, g), args.warmup, args.repeats, args.budget)
-            q = statistics.quantiles(t, n=4)
+            q = statistics.quantiles(t, n=4) if len(t) > 1 else [t[0]] * 3
             rows.append({"method": name, "mode": mode, "median_ms": statistics.median(t), "q1_ms": q[0], "q3_ms": q[2],
                          "repeats": len(t), "threads": torch.get_num_threads(),
                          "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "loadavg_1min": os.getloadavg()[0]})
             print(f"{name:16s} {mode:5s} median {rows[-1]['median_ms']:8.1f} ms  IQR [{q[0]:.1f}, {q[2]:.1f}]", flush=True)
-    out = Path(args.out)
-    if args.methods and out.exists():  # keep the rows of the methods not re-timed
-        kept = [r for r in json.loads(out.read_text())["rows"] if r["method"] not in set(args.methods)]
-        order = {n: i for i, n in enumerate(mixkit.list_methods())}
-        rows = sorted(kept + rows, key=lambda r: (order.get(r["method"], 1 << 20), r["mode"]))
+        write(out, x, args, kept + rows)  # after every method: an interrupted run keeps its rows
+    rows = write(out, x, args, kept + rows)
+    print("\n| method | mode | median (ms) | IQR (ms) |\n|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['method']} | {r['mode']} | {r['median_ms']:.1f} | {r['q1_ms']:.1f}-{r['q3_ms']:.1f} |")
+    print(f"\nwrote {out}")
+
+
+def write(out: Path, x: torch.Tensor, args: argparse.Namespace, rows: list[dict]) -> list[dict]:
+    """The rows (in registry order) and the settings, to ``out``; returns the rows."""
+    order = {n: i for i, n in enumerate(mixkit.list_methods())}
+    rows = sorted(rows, key=lambda r: (order.get(r["method"], 1 << 20), r["mode"]))
     result = {
         "input": {"shape": list(x.shape), "dtype": str(x.dtype), "device": str(x.device)},
         "torch": torch.__version__,
@@ -103,10 +121,7 @@ def main() -> None:
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
-    print("\n| method | mode | median (ms) | IQR (ms) |\n|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['method']} | {r['mode']} | {r['median_ms']:.1f} | {r['q1_ms']:.1f}-{r['q3_ms']:.1f} |")
-    print(f"\nwrote {out}")
+    return rows
 
 
 if __name__ == "__main__":

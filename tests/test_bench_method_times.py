@@ -1,0 +1,41 @@
+"""bench/method_times.py times every method it lists on a tiny batch and writes its rows."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import mixkit
+
+BENCH = Path(__file__).resolve().parents[1] / "bench" / "method_times.py"
+
+
+def _load():
+    path = list(sys.path)
+    try:
+        spec = importlib.util.spec_from_file_location("_bench_method_times", BENCH)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path[:] = path
+    return module
+
+
+def test_every_listed_method_runs_and_rows_are_written(tmp_path):
+    bench = _load()
+    names = bench.timed_methods()
+    assert "mixup" in names and "manifold_mixup" in names
+    assert not any("mixer" in mixkit.method_info(n).needs or mixkit.method_info(n).family == "label" for n in names)
+    out = tmp_path / "times.json"
+    bench.main(["--size", "8", "--batch", "4", "--warmup", "1", "--repeats", "1", "--budget", "0.001",
+                "--out", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    assert {r["method"] for r in rows} == set(names)
+    assert all(r["median_ms"] > 0 and r["repeats"] >= 1 for r in rows)
+    # re-timing some methods keeps the other rows
+    bench.main(["--size", "8", "--batch", "4", "--warmup", "1", "--repeats", "1", "--methods", "mixup",
+                "--out", str(out)])
+    again = json.loads(out.read_text())["rows"]
+    assert {r["method"] for r in again} == set(names) and len(again) == len(rows)
