@@ -17,10 +17,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mixkit.errors import HyperParameterError
-from mixkit.methods.automix import UPSAMPLE_MODES, init_mixer_weights, upsample
+from mixkit.methods.automix import build_mixer_convs, upsample
 from mixkit.validation import (
-    check_choice,
-    check_positive_int,
     check_range,
 )
 
@@ -65,16 +63,8 @@ class AdaptiveMaskGenerator(nn.Module):
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
-        self.in_channels = check_positive_int(in_channels, "in_channels", allow_none=False)
-        self.reduction = check_positive_int(reduction, "reduction", allow_none=False)
-        self.lam_concat = bool(lam_concat)
-        self.upsample = check_choice(upsample, UPSAMPLE_MODES, "upsample")
-        self.inter_channels = max(self.in_channels // self.reduction, 1)
-        c = self.in_channels + int(self.lam_concat)
-        self.query = nn.Conv2d(c, self.inter_channels, 1)
-        self.key = nn.Conv2d(c, self.inter_channels, 1)
-        self.value = nn.Conv2d(c, 1, 1)
-        init_mixer_weights(self, generator)
+        build_mixer_convs(self, in_channels, reduction=reduction, lam_concat=lam_concat, upsample=upsample, key=True,
+                          generator=generator)
 
     def extra_repr(self) -> str:
         return f"lam_concat={self.lam_concat}, upsample={self.upsample!r}"

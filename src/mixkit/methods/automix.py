@@ -29,7 +29,7 @@ from mixkit.registry import register
 from mixkit.types import MixTarget
 from mixkit.validation import check_choice, check_positive_int, check_range
 
-__all__ = ["UPSAMPLE_MODES", "AutoMix", "MixBlock", "init_mixer_weights", "mask_mean_loss"]
+__all__ = ["UPSAMPLE_MODES", "AutoMix", "MixBlock", "build_mixer_convs", "init_mixer_weights", "mask_mean_loss"]
 
 #: Upsampling modes a mixer may use to bring its mask to the input size.
 UPSAMPLE_MODES = ("nearest", "bilinear", "bicubic")
@@ -44,6 +44,25 @@ def init_mixer_weights(module: nn.Module, generator: torch.Generator | None = No
             m.weight.copy_(rng.normal(tuple(m.weight.shape), generator=generator) * std)
             if m.bias is not None:
                 m.bias.zero_()
+
+
+def build_mixer_convs(
+    module: nn.Module, in_channels: int, *, reduction: int, lam_concat: bool, upsample: str, key: bool,
+    generator: torch.Generator | None,
+) -> None:
+    """The settings and 1x1 convs the mixers share (``query``, ``key`` if asked, ``value``,
+    in that order), initialised as the reference (:func:`init_mixer_weights`)."""
+    module.in_channels = check_positive_int(in_channels, "in_channels", allow_none=False)
+    module.reduction = check_positive_int(reduction, "reduction", allow_none=False)
+    module.lam_concat = bool(lam_concat)
+    module.upsample = check_choice(upsample, UPSAMPLE_MODES, "upsample")
+    module.inter_channels = max(module.in_channels // module.reduction, 1)
+    c = module.in_channels + int(module.lam_concat)
+    module.query = nn.Conv2d(c, module.inter_channels, 1)
+    if key:
+        module.key = nn.Conv2d(c, module.inter_channels, 1)
+    module.value = nn.Conv2d(c, 1, 1)
+    init_mixer_weights(module, generator)
 
 
 def upsample(logits: Tensor, size: Sequence[int], mode: str) -> Tensor:
@@ -101,15 +120,8 @@ class MixBlock(nn.Module):
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
-        self.in_channels = check_positive_int(in_channels, "in_channels", allow_none=False)
-        self.reduction = check_positive_int(reduction, "reduction", allow_none=False)
-        self.lam_concat = bool(lam_concat)
-        self.upsample = check_choice(upsample, UPSAMPLE_MODES, "upsample")
-        self.inter_channels = max(self.in_channels // self.reduction, 1)
-        c = self.in_channels + int(self.lam_concat)
-        self.query = nn.Conv2d(c, self.inter_channels, 1)
-        self.value = nn.Conv2d(c, 1, 1)
-        init_mixer_weights(self, generator)
+        build_mixer_convs(self, in_channels, reduction=reduction, lam_concat=lam_concat, upsample=upsample, key=False,
+                          generator=generator)
 
     def extra_repr(self) -> str:
         return f"lam_concat={self.lam_concat}, upsample={self.upsample!r}"
