@@ -63,3 +63,19 @@ def gen(seed: int) -> torch.Generator:
 def tiny_net():
     torch.manual_seed(0)
     return TinyNet()
+
+
+def load_bench(name: str):
+    """The module ``bench/<name>.py``, loaded from its file (``sys.path`` left as it was)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path, saved = Path(__file__).resolve().parents[1] / "bench" / f"{name}.py", list(sys.path)
+    try:
+        spec = importlib.util.spec_from_file_location(f"_bench_{name}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path[:] = saved
+    return module

@@ -2,29 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import mixkit
-
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "method_times.py"
-
-
-def _load():
-    path = list(sys.path)
-    try:
-        spec = importlib.util.spec_from_file_location("_bench_method_times", BENCH)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path[:] = path
-    return module
+from conftest import load_bench
 
 
 def test_every_listed_method_runs_and_rows_are_written(tmp_path):
-    bench = _load()
+    bench = load_bench("method_times")
     names = bench.timed_methods()
     assert "mixup" in names and "manifold_mixup" in names
     assert not any("mixer" in mixkit.method_info(n).needs or mixkit.method_info(n).family == "label" for n in names)

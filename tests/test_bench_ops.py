@@ -3,27 +3,13 @@ rows and Markdown page."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "ops.py"
-
-
-def _load_ops():
-    path = list(sys.path)
-    try:
-        spec = importlib.util.spec_from_file_location("_bench_ops", BENCH)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path[:] = path
-    return module
+from conftest import load_bench
 
 
 def test_ops_benchmark_tiny_run(tmp_path):
-    ops = _load_ops()
+    ops = load_bench("ops")
     out, md = tmp_path / "ops.json", tmp_path / "ops.md"
     result = ops.main(["--sizes", "8", "--batch", "4", "--repeats", "1", "--warmup", "1", "--libs", "mixkit",
                        "--ops", "mixup", "cutmix", "ricap", "--dtypes", "float32", "--out", str(out), "--md", str(md)])
@@ -52,13 +38,6 @@ def test_ops_benchmark_tiny_run(tmp_path):
     assert "| mixup | 8 | float32 | batch | fwd | cpu |" in page and "`ricap`" in page
 
 
-def _load_md():
-    spec = importlib.util.spec_from_file_location("_bench_ops_md", BENCH.parent / "ops_md.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_summary_counts_targets_and_bounds_out_of_place_elem_rows():
     def row(size, lib, ms, mode="elem"):
         return {"op": "mixup", "size": size, "dtype": "float32", "mode": mode, "pass": "fwd", "device": "cpu",
@@ -67,7 +46,7 @@ def test_summary_counts_targets_and_bounds_out_of_place_elem_rows():
     rows = [row(32, "mixkit", 1.0), row(32, "timm", 8.0), row(32, "clone", 0.2),  # 8x; 40 clones: reachable
             row(224, "mixkit", 70.0), row(224, "timm", 160.0), row(224, "clone", 60.0),  # 2.3x; 2.7 clones
             row(32, "mixkit", 0.5, "batch"), row(32, "timm", 0.4, "batch")]
-    lines = _load_md().summary(rows)
+    lines = load_bench("ops_md").summary(rows)
     assert "**2 of 3** rows" in lines[0] and "mixup 32 batch fwd (1.25)" in lines[0].replace(" float32", "")
     assert "**0 of 2** rows at least 10 times faster" in lines[1]
     assert len(lines) == 3 and "mixup 224 float32 elem fwd 2.7x" in lines[2] and " 32 " not in lines[2]
@@ -82,7 +61,7 @@ def test_summary_in_place_elem_rows_and_the_copy_bound():
             (("mixkit", 70.0), ("timm", 160.0), ("mixkit_inplace", 20.0), ("timm_inplace", 100.0), ("copy", 12.5))]
     rows += [row("cutmix", 224, lib, ms) for lib, ms in
              (("mixkit", 80.0), ("timm", 140.0), ("mixkit_inplace", 26.0), ("timm_inplace", 84.0), ("copy", 12.0))]
-    lines = _load_md().summary(rows)
+    lines = load_bench("ops_md").summary(rows)
     line = next(s for s in lines if s.startswith("- Per-sample mode in place"))
     assert "**0 of 2**" in line and "mixup 224 float32 elem fwd 5.0x" in line
     # 1.5 copies bound the blend (100 / 18.75 = 5.3x), not CutMix, which need not rewrite the whole batch
