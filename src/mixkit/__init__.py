@@ -33,7 +33,8 @@ from mixkit.methods import (
 )
 from mixkit.methods.cut_thumbnail import CutThumbnail
 from mixkit.methods.cutting_halves import YOCO, StackMix
-from mixkit.methods.cutting_masks import GMix, GridMix, HMix, SmoothMix
+from mixkit.methods.cutting_masks import GMix, HMix, SmoothMix
+from mixkit.methods.gridmix import GridMix
 from mixkit.methods.k_mixup import KMixup
 from mixkit.methods.linear_more import LocalMixup, SamplePairing
 from mixkit.methods.mixed_example import MixedExample

@@ -21,10 +21,18 @@ from mixkit.base import MixMethod
 from mixkit.errors import HyperParameterError
 from mixkit.functional.blend import gather_rows, memory_order, select_rows, to_memory
 from mixkit.methods.cutting import CutMix, FMix, ResizeMix
-from mixkit.methods.cutting_masks import GMix, GridMix, GridParams, HMix, HMixParams, SmoothMix
+from mixkit.methods.cutting_masks import GMix, HMix, HMixParams, SmoothMix
+from mixkit.methods.gridmix import GridMix, GridParams
 from mixkit.methods.linear import MixUp
 from mixkit.registry import create, method_info, register
-from mixkit.types import BlendParams, BoxParams, MaskParams, MixTarget, Params, ResizeParams
+from mixkit.types import (
+    BlendParams,
+    BoxParams,
+    MaskParams,
+    MixTarget,
+    Params,
+    ResizeParams,
+)
 
 __all__ = ["RandomChoice", "RandomMix", "ChoiceParams"]
 
