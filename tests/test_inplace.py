@@ -83,3 +83,14 @@ def test_release_scratch_frees_every_kept_buffer():
     assert hasattr(_slic._local, "workspace") and hasattr(blend_mod._SCRATCH, "rows")
     release_scratch()
     assert not hasattr(_slic._local, "workspace") and not hasattr(blend_mod._SCRATCH, "rows")
+
+
+def test_apply_stays_out_of_place_for_a_tensor_that_requires_grad():
+    # apply never writes into x, so an inplace=True method still mixes features under grad
+    m = mixkit.MixUp(inplace=True)
+    x = torch.rand(4, 3, 8, 8)
+    params = m.sample(x, torch.arange(4), generator=torch.Generator().manual_seed(0))
+    feats = x.clone().requires_grad_()
+    out = m.apply(feats, params)
+    out.sum().backward()
+    assert out is not feats and feats.grad is not None

@@ -88,7 +88,7 @@ class MixMethod:
         modified and the result is always a new tensor.
         """
         check_params(x, params)
-        self._check_grad(x)
+        self._check_grad(x, inplace=False)  # apply never writes into x
         return self._mix(x, params)
 
     def _mix(self, x: Tensor, params: Params) -> Tensor:
@@ -99,11 +99,12 @@ class MixMethod:
         """:meth:`_mix` written into ``x`` (methods with an ``inplace`` option)."""
         raise NotImplementedError(f"{type(self).__name__} has no in-place mixing")
 
-    def _check_grad(self, x: Tensor) -> None:
-        """Refuse an ``x`` that requires grad where autograd cannot follow the mix."""
+    def _check_grad(self, x: Tensor, *, inplace: bool) -> None:
+        """Refuse an ``x`` that requires grad where autograd cannot follow the mix (``inplace``:
+        the call writes into ``x``)."""
         if not (isinstance(x, Tensor) and x.requires_grad and torch.is_grad_enabled()):
             return
-        if self.inplace:
+        if inplace:
             raise ValueError(
                 f"{type(self).__name__}(inplace=True) writes into x, but x requires grad: autograd "
                 "cannot see through that; build the method with inplace=False"
@@ -140,7 +141,7 @@ class MixMethod:
         rng.check_generator(generator)
         self.check(x, y)
         inplace = self.inplace
-        self._check_grad(x)
+        self._check_grad(x, inplace=inplace)
         params = self.sample(x, y, generator=generator)
         unchanged = self.identity_at_full_lambda and params.lam_value == 1.0
         if inplace:
