@@ -341,9 +341,24 @@ def train(
     method = create_method(cfg, data.num_classes)
     method.set_input_normalization(data.mean, data.std)
     data = _split_holdout(method, data, cfg, device)
-    out = Path(cfg.out)
     main = dist.is_main()
     run = _build_run(cfg, data, method, model, device)
+    ckpt = _open_run_dir(run, cfg, resume, main)
+    log = JsonlLog(Path(cfg.out) / "log.jsonl", enabled=main)
+    while run.epoch < cfg.epochs:
+        record = _run_epoch(run, data, cfg, device, hooks or {})
+        log.write(record)
+        state = _checkpoint_state(run, cfg)
+        if main:
+            save_checkpoint(ckpt, state)
+        dist.barrier()
+    return write_run_files(run, data, cfg, device, enabled=main)
+
+
+def _open_run_dir(run: _Run, cfg: TrainConfig, resume: bool, main: bool) -> Path:
+    """Restore ``run`` from the checkpoint in ``cfg.out`` (``resume``), or start the folder
+    afresh (refusing to overwrite a run); save the config. Returns the checkpoint's path."""
+    out = Path(cfg.out)
     ckpt = out / CHECKPOINT
     if ckpt.exists() and not resume:
         raise FileExistsError(f"{out} already holds a run: pass resume=True (--resume) to continue it, or choose another out")
@@ -357,22 +372,21 @@ def train(
             (out / stale).unlink(missing_ok=True)
     if main:
         cfg.save(out / "config.json")
-    log = JsonlLog(out / "log.jsonl", enabled=main)
-    while run.epoch < cfg.epochs:
-        t0 = time.perf_counter()
-        record = {"epoch": run.epoch + 1, **_train_epoch(run, data, cfg, device, hooks or {})}
-        run.epoch += 1
-        adapted = run.method.epoch_end(run.model)
-        if adapted:
-            record["method"] = adapted
-        if _should_eval(run.epoch, cfg):
-            record["test"] = evaluate(run.model, data, cfg, device)
-        run.elapsed += time.perf_counter() - t0
-        assert run.history is not None
-        run.history.append(record)
-        log.write(record)
-        state = _checkpoint_state(run, cfg)
-        if main:
-            save_checkpoint(ckpt, state)
-        dist.barrier()
-    return write_run_files(run, data, cfg, device, enabled=main)
+    return ckpt
+
+
+def _run_epoch(run: _Run, data: TrainData, cfg: TrainConfig, device: torch.device, hooks: dict[str, Callable]) -> dict:
+    """One epoch: training, the method's epoch end, evaluation when due; the epoch's record,
+    appended to ``run.history``."""
+    t0 = time.perf_counter()
+    record = {"epoch": run.epoch + 1, **_train_epoch(run, data, cfg, device, hooks)}
+    run.epoch += 1
+    adapted = run.method.epoch_end(run.model)
+    if adapted:
+        record["method"] = adapted
+    if _should_eval(run.epoch, cfg):
+        record["test"] = evaluate(run.model, data, cfg, device)
+    run.elapsed += time.perf_counter() - t0
+    assert run.history is not None
+    run.history.append(record)
+    return record
