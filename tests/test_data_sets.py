@@ -33,7 +33,7 @@ from mixkit.data import (
     sample_crop_flip,
     subset_per_class,
 )
-from mixkit.data import archives, sets
+from mixkit.data import archives, cifar
 from mixkit.errors import HyperParameterError, LabelError, ShapeError
 
 Image = pytest.importorskip("PIL.Image")
@@ -103,7 +103,7 @@ def test_cifar100_archive_is_cached(tmp_path, monkeypatch):
     write_tar(tmp_path / "cifar-100-python.tar.gz", files)
     data = load_dataset("cifar100", root=tmp_path, cache_dir=tmp_path / "cache")
     assert data.labels.tolist() == [0, 2, 1, 2] and data.classes == ("apple", "bee", "cup")
-    monkeypatch.setattr(sets, "archive_files", lambda *a: pytest.fail("archive read again"))
+    monkeypatch.setattr(cifar, "archive_files", lambda *a: pytest.fail("archive read again"))
     again = load_dataset("cifar100", root=tmp_path, cache_dir=tmp_path / "cache")
     assert torch.equal(again.images, data.images) and again.classes == data.classes
 
