@@ -32,7 +32,7 @@ from mixkit.errors import HyperParameterError
 from mixkit.holdout import Holdout
 from mixkit.label_policy import Criterion, LabelPolicy
 from mixkit.losses import mixup_cross_entropy
-from mixkit.methods.label_learned import (
+from mixkit.methods.label_learned_shared import (
     average_across_ranks,
     blending,
     check_blend_method,
