@@ -333,15 +333,22 @@ def main() -> None:
     t0 = time.perf_counter()
     result["mixing"] = mixing_share(args, x, y, mean, std)
     if not args.no_train_step:
+        save(result, args, time.perf_counter() - t0)  # part 1 kept if part 2 is interrupted
         result["train_step"] = train_step_ratio(args, x, y, mean, std)
-    result["duration_s"] = time.perf_counter() - t0
+    text = save(result, args, time.perf_counter() - t0)
+    print(text)
+    print(f"\nwrote {args.out} and {args.md} in {result['duration_s']:.0f} s")
+
+
+def save(result: dict, args: argparse.Namespace, duration: float) -> str:
+    """Write the JSON and the page's ``mixing`` section as they stand; returns the section."""
+    result["duration_s"] = duration
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     text = markdown(result)
     write_section(Path(args.md), "mixing", "Overhead of mixing and of the training harness", text)
-    print(text)
-    print(f"\nwrote {out} and {args.md} in {result['duration_s']:.0f} s")
+    return text
 
 
 if __name__ == "__main__":
