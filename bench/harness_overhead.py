@@ -234,7 +234,7 @@ def main() -> None:
     ap.add_argument("--md", default="docs/benchmarks/overhead.md")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    result = {"command": command_line(), "machine": machine_info(), "threads": args.threads, "epochs": args.epochs,
+    result = {"command": command_line("harness_overhead.py"), "machine": machine_info(), "threads": args.threads, "epochs": args.epochs,
               "subset": args.subset, "seed": args.seed, "pairs": args.pairs, "clock": args.clock, "timed": "training epochs, evaluation excluded",
               "harness_command": " ".join(harness_cmd(args, Path("OUT"))[1:]),
               "plain_command": " ".join(plain_cmd(args, Path("OUT.json"))[1:]), "harness": [], "plain": []}

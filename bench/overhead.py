@@ -70,8 +70,9 @@ def machine_info() -> dict:
             "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M")}
 
 
-def command_line() -> str:
-    return "python " + " ".join([sys.argv[0]] + sys.argv[1:])
+def command_line(script: str, argv: list[str] | None = None) -> str:
+    """``python bench/<script> <arguments>`` (``argv``: the arguments, default the process's)."""
+    return "python " + " ".join([f"bench/{script}"] + (sys.argv[1:] if argv is None else argv))
 
 
 def write_section(md: Path, key: str, title: str, body: str) -> None:
@@ -305,7 +306,7 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--methods", nargs="*", default=None, help="methods to time (default: all registered)")
     ap.add_argument("--batch", type=int, default=128)
@@ -320,13 +321,13 @@ def main() -> None:
     ap.add_argument("--step-model", default="resnet20", help="model of part 2")
     ap.add_argument("--out", default="bench/results/overhead.json")
     ap.add_argument("--md", default="docs/benchmarks/overhead.md")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     args.names_all = args.methods or mixkit.list_methods()
     args.names = [n for n in args.names_all if mixkit.method_info(n).family != "label"]
     x, y, mean, std = make_batch(args.batch, torch.Generator().manual_seed(0))
-    result = {"command": command_line(), "machine": machine_info(), "warmup": args.warmup, "repeats": args.repeats,
+    result = {"command": command_line("overhead.py", argv), "machine": machine_info(), "warmup": args.warmup, "repeats": args.repeats,
               "step_repeats": args.step_repeats, "clock": args.clock,
               "input": {"shape": list(x.shape), "dtype": str(x.dtype), "memory_format": "channels_last"},
               "target_share_pct": TARGET_SHARE}
