@@ -40,6 +40,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ops_md  # noqa: E402
 import ops_peers  # noqa: E402
+import ops_stats  # noqa: E402
 
 import mixkit  # noqa: E402
 
@@ -268,8 +269,22 @@ def run_row(key: dict, calls: dict[str, Callable], args: argparse.Namespace, x: 
         else:
             wall = statistics.median(res["wall"])
             rows.append({**key, "lib": lib, "status": "ok", **summarise(res[clock]), "clock": clock,
-                         "wall_median_ms": wall, **stamp})
+                         "wall_median_ms": wall, **stamp, **paired(lib, results, clock)})
     return rows
+
+
+#: whom each mixkit call is paired with, round by round (:mod:`ops_stats`)
+PAIRED_WITH = {"mixkit": ops_peers.PEER_LIBS, "mixkit_inplace": ("timm_inplace",)}
+
+
+def paired(lib: str, results: dict[str, dict], clock: str) -> dict:
+    """``{"paired": {peer: ops_stats.paired_ratio(...)}}`` for a mixkit call (mine / theirs per
+    round, interval of the median), ``{}`` for the others."""
+    mine = results[lib][clock]
+    out = {peer: ops_stats.paired_ratio(mine, results[peer][clock]) for peer in PAIRED_WITH.get(lib, ())
+           if peer in results and "error" not in results[peer]}
+    out = {peer: p for peer, p in out.items() if p is not None}
+    return {"paired": out} if out else {}
 
 
 def plan(args: argparse.Namespace) -> list[tuple[str, bool]]:

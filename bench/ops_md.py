@@ -12,8 +12,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from collections.abc import Callable
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import ops_stats  # noqa: E402
 
 PEERS = ("timm", "timm_pair", "kornia", "mixup")
 HEADS = {"timm": "timm", "timm_pair": "timm pair", "kornia": "kornia", "mixup": "mixup (PyPI)", "clone": "clone"}
@@ -58,14 +62,43 @@ def _ms(r: dict | None) -> str:
     return f"{m:.2f}" if m < 10 else f"{m:.1f}" if m < 1000 else f"{m:.0f}"
 
 
+def fastest_peer(libs: dict[str, dict]) -> str | None:
+    """The peer with the smallest median time in a row (None without one)."""
+    ok = {k: v["median_ms"] for k, v in libs.items() if k in PEERS and v["status"] == "ok"}
+    return min(ok, key=ok.get) if ok else None
+
+
+def paired(libs: dict[str, dict], lib: str, peer: str | None) -> dict | None:
+    """``lib``'s per-round ratio to ``peer`` (``bench/ops_stats.py``), if the run recorded it."""
+    return (libs.get(lib) or {}).get("paired", {}).get(peer) if peer else None
+
+
+def _interval(p: dict | None) -> str:
+    return f" [{p['ci_lo']:.2f}, {p['ci_hi']:.2f}]" if p else ""
+
+
 def _ratios(libs: dict[str, dict]) -> tuple[str, str]:
-    """mixkit / fastest peer out of place, and mixkit / timm in place (both measured in place)."""
+    """mixkit / fastest peer out of place, and mixkit / timm in place (both measured in place),
+    each with the 95% interval of the paired per-round ratio when the run recorded it."""
     ok = {k: v["median_ms"] for k, v in libs.items() if v["status"] == "ok"}
-    peers = {k: v for k, v in ok.items() if k in PEERS}
     fmt = lambda r: f"**{r:.2f}**" if r > 1.0 else f"{r:.2f}"  # noqa: E731 - slower than a peer in bold
-    out_of_place = fmt(ok["mixkit"] / min(peers.values())) if "mixkit" in ok and peers else "-"
-    in_place = fmt(ok["mixkit_inplace"] / ok["timm_inplace"]) if {"mixkit_inplace", "timm_inplace"} <= set(ok) else "-"
+    peer = fastest_peer(libs)
+    out_of_place = (fmt(ok["mixkit"] / ok[peer]) + _interval(paired(libs, "mixkit", peer))
+                    if "mixkit" in ok and peer else "-")
+    in_place = (fmt(ok["mixkit_inplace"] / ok["timm_inplace"]) + _interval(paired(libs, "mixkit_inplace", "timm_inplace"))
+                if {"mixkit_inplace", "timm_inplace"} <= set(ok) else "-")
     return out_of_place, in_place
+
+
+def noise_line(verdicts: list[tuple[str, str]], what: str) -> list[str]:
+    """How many of the rows are slower, faster or within noise by the paired intervals."""
+    counted = [v for v, _ in verdicts if v]
+    if not counted:
+        return []
+    slower = [n for v, n in verdicts if v == "slower"]
+    return [f"  - By the paired per-round ratio ({what}; 95% interval of its median, from order statistics): "
+            f"faster beyond noise in {counted.count('faster')}, within noise in {counted.count('within noise')}, "
+            f"slower beyond noise in {len(slower)} of {len(counted)} rows" + (f" ({', '.join(slower)})." if slower else ".")]
 
 
 def compared_table(rows: list[dict]) -> list[str]:
@@ -93,15 +126,18 @@ def summary(rows: list[dict]) -> list[str]:
     table = _index([r for r in rows if r.get("group") == "compared"])
     med = lambda libs, k: libs[k]["median_ms"] if k in libs and libs[k]["status"] == "ok" else None  # noqa: E731
     name = lambda key: " ".join(str(v) for v in key if v != "cpu")  # noqa: E731
-    compared, losing, elem = 0, [], []
+    compared, losing, elem, verdicts = 0, [], [], []
     for key, libs in table.items():
         mine = med(libs, "mixkit")
         peers = [v for v in (med(libs, p) for p in PEERS) if v is not None]
         if mine is None or not peers:
             continue
         compared += 1
+        pair = paired(libs, "mixkit", fastest_peer(libs))
+        verdicts.append((ops_stats.verdict(pair), name(key)))
         if mine > min(peers):
-            losing.append(f"{name(key)} ({mine / min(peers):.2f})")
+            losing.append(f"{name(key)} ({mine / min(peers):.2f}" + (f"; paired{_interval(pair)}: {verdicts[-1][0]})"
+                                                                      if pair else ")"))
         timm = med(libs, "timm")
         if key[3] == "elem" and timm is not None:
             elem.append((timm / mine, name(key), timm / (med(libs, "clone") or math.inf)))
@@ -109,6 +145,7 @@ def summary(rows: list[dict]) -> list[str]:
         return []
     lines = [f"- mixkit's median is at most the fastest peer's in **{compared - len(losing)} of {compared}** rows"
              + (f"; slower in: {', '.join(losing)} (mixkit / fastest peer)." if losing else ".")]
+    lines += noise_line(verdicts, "mixkit / fastest peer, round by round")
     pairs = [(med(libs, "mixkit_inplace") / med(libs, "timm_inplace"), name(key)) for key, libs in table.items()
              if med(libs, "mixkit_inplace") is not None and med(libs, "timm_inplace") is not None]
     if pairs:
@@ -116,6 +153,9 @@ def summary(rows: list[dict]) -> list[str]:
         lines.append(f"- In place (`inplace=True` against timm, each overwriting a tensor of its own): mixkit at most "
                      f"timm's time in **{len(pairs) - len(slower)} of {len(pairs)}** rows"
                      + (f"; slower in: {', '.join(f'{n} ({r:.2f})' for r, n in slower)}." if slower else "."))
+        lines += noise_line([(ops_stats.verdict(paired(libs, "mixkit_inplace", "timm_inplace")), name(key))
+                             for key, libs in table.items() if med(libs, "mixkit_inplace") is not None
+                             and med(libs, "timm_inplace") is not None], "mixkit in place / timm in place")
     lines += _inplace_elem(table, med, name)
     if elem:
         short = sorted(e for e in elem if e[0] < 10)
@@ -200,7 +240,11 @@ def render(result: dict) -> str:
         f"{s['warmup']} warm-up call(s), then up to {s['repeats']} timed calls per library (fewer, at least 3, "
         f"where a row would exceed {s['budget']:g} s; 1 for a call slower than that), the libraries of a row "
         "interleaved round-robin with a rotating order, so that drift of the machine cancels in the ratios. "
-        "Times are medians in milliseconds (interquartile ranges in `bench/results/ops.json`), "
+        "Where the run recorded it, a ratio cell also gives, in brackets, the 95% confidence interval of the median "
+        "of the per-round ratios (each round's mixkit time over the same round's peer time; distribution-free, from "
+        "order statistics): an interval that contains 1 means the difference is within this machine's run-to-run "
+        "noise. It is an interval for the typical per-round ratio, which need not contain the ratio of the two "
+        "medians printed before it. Times are medians in milliseconds (interquartile ranges in `bench/results/ops.json`), "
         + (CLOCKS[s.get("clock", "wall")]),
         "",
         "timm works in place: its timed call is `Mixup(x.clone(), y)`, the out-of-place equivalent of the "

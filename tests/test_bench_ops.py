@@ -66,3 +66,39 @@ def test_summary_in_place_elem_rows_and_the_copy_bound():
     assert "**0 of 2**" in line and "mixup 224 float32 elem fwd 5.0x" in line
     # 1.5 copies bound the blend (100 / 18.75 = 5.3x), not CutMix, which need not rewrite the whole batch
     assert "(1.5 x copy): mixup 224 float32 elem fwd 5.3x)" in line and "cutmix 224 float32 elem fwd 7.0x" not in line
+
+
+def test_median_interval_is_the_order_statistic_interval():
+    stats = load_bench("ops_stats")
+    lo, hi, coverage = stats.median_interval([float(v) for v in range(10, 0, -1)])
+    assert (lo, hi) == (2.0, 9.0) and abs(coverage - (1 - 2 * 11 / 1024)) < 1e-12  # n = 10: x(2), x(9), 97.9%
+    assert stats.median_interval([float(v) for v in range(1, 52)])[:2] == (19.0, 33.0)  # n = 51
+    assert stats.median_interval([3.0, 1.0, 2.0]) == (1.0, 3.0, 0.75)  # too few for 95%: the range
+
+
+def test_paired_ratio_pairs_rounds_and_gives_a_verdict():
+    stats = load_bench("ops_stats")
+    drift = [1.0, 3.0, 1.5, 2.5, 1.2, 2.8, 1.1, 2.0, 1.4, 2.2]  # the machine's speed, round by round
+    slower = stats.paired_ratio([1.1 * d for d in drift], drift + [9.0])  # the extra round has no partner
+    assert slower["rounds"] == 10 and abs(slower["median"] - 1.1) < 1e-12 and stats.verdict(slower) == "slower"
+    noisy = stats.paired_ratio([d * f for d, f in zip(drift, [0.9, 1.1] * 5)], drift)
+    assert noisy["ci_lo"] < 1 < noisy["ci_hi"] and stats.verdict(noisy) == "within noise"
+    assert stats.verdict(stats.paired_ratio([0.5 * d for d in drift], drift)) == "faster"
+    assert stats.paired_ratio([], drift) is None and stats.verdict(None) == ""
+
+
+def test_summary_and_table_show_the_paired_interval():
+    def row(lib, ms, pairs=None):
+        r = {"op": "cutmix", "size": 32, "dtype": "float32", "mode": "batch", "pass": "fwd", "device": "cpu",
+             "group": "compared", "lib": lib, "status": "ok", "median_ms": ms}
+        return {**r, "paired": pairs} if pairs else r
+
+    within = {"median": 1.05, "ci_lo": 0.97, "ci_hi": 1.12, "coverage": 0.95, "rounds": 51}
+    rows = [row("mixkit", 0.68, {"timm": within, "mixup": {**within, "ci_lo": 0.7, "ci_hi": 0.8}}),
+            row("timm", 0.63), row("mixup", 0.82)]
+    md = load_bench("ops_md")
+    lines = md.summary(rows)
+    # paired with the fastest peer (timm), not with the PyPI mixup
+    assert "cutmix 32 float32 batch fwd (1.08; paired [0.97, 1.12]: within noise)" in lines[0]
+    assert "within noise in 1, slower beyond noise in 0 of 1 rows." in lines[1]
+    assert "| **1.08** [0.97, 1.12] |" in "\n".join(md.compared_table(rows))
