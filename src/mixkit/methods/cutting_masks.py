@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from mixkit import rng
+from mixkit._moved import moved_names
 from mixkit.base import MixMethod
 from mixkit.errors import HyperParameterError
 from mixkit.functional.blend import mask_blend
@@ -280,10 +281,5 @@ class HMix(MixMethod):
         return hybrid_blend(x, params.index, params.boxes, params.outside)
 
 
-def __getattr__(name: str) -> object:
-    """``GridMix`` and ``GridParams`` moved to :mod:`mixkit.methods.gridmix`; still importable from here."""
-    if name in ("GridMix", "GridParams"):
-        from mixkit.methods import gridmix
-
-        return getattr(gridmix, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+#: ``GridMix`` and ``GridParams`` moved to :mod:`mixkit.methods.gridmix`; still importable from here.
+__getattr__ = moved_names(__name__, dict.fromkeys(("GridMix", "GridParams"), "mixkit.methods.gridmix"))

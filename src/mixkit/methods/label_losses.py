@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mixkit._moved import moved_names
 from mixkit.base import MixMethod
 from mixkit.errors import HyperParameterError, ShapeError
 from mixkit.label_policy import Criterion, LabelPolicy
@@ -358,10 +359,5 @@ class MixupE(LabelPolicy):
 # -------------------------------------------------------------------------------- RegMixup
 
 
-def __getattr__(name: str) -> object:
-    """``RegMixup`` and ``regmixup_loss`` moved to :mod:`mixkit.methods.regmixup`; still importable from here."""
-    if name in ("RegMixup", "regmixup_loss"):
-        from mixkit.methods import regmixup
-
-        return getattr(regmixup, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+#: ``RegMixup`` and ``regmixup_loss`` moved to :mod:`mixkit.methods.regmixup`; still importable from here.
+__getattr__ = moved_names(__name__, dict.fromkeys(("RegMixup", "regmixup_loss"), "mixkit.methods.regmixup"))

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from mixkit import rng
+from mixkit._moved import moved_names
 from mixkit.base import MixMethod
 from mixkit.errors import HyperParameterError
 from mixkit.functional.multi import (
@@ -339,14 +340,7 @@ class DCutMix(MixMethod):
         return _multi_target(y, params, self.num_classes)
 
 
-def __getattr__(name: str) -> object:
-    """``CutThumbnail`` and ``KMixup`` moved to modules of their own; still importable from here."""
-    if name == "CutThumbnail":
-        from mixkit.methods.cut_thumbnail import CutThumbnail
-
-        return CutThumbnail
-    if name == "KMixup":
-        from mixkit.methods.k_mixup import KMixup
-
-        return KMixup
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+#: ``CutThumbnail`` and ``KMixup`` moved to modules of their own; still importable from here.
+__getattr__ = moved_names(
+    __name__, {"CutThumbnail": "mixkit.methods.cut_thumbnail", "KMixup": "mixkit.methods.k_mixup"}
+)
