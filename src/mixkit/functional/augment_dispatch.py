@@ -14,6 +14,7 @@ import functools
 import itertools
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -43,15 +44,21 @@ class _Group:
 
 
 @functools.lru_cache(maxsize=64)
-def _ranking(ops: tuple[str, ...], warped: frozenset[int]) -> tuple[tuple[int, ...], Tensor, Tensor]:
+def _ranking(ops: tuple[str, ...], warped: frozenset[int]) -> tuple[tuple[int, ...], np.ndarray, np.ndarray]:
     """The kernel order of ``ops`` (value operations and whole-pixel translations, then the
     resampled ones), the rank of ``ops[k]`` in it at index ``k + 1`` (0: no operation), and
-    which of them are whole-pixel translations (same indexing)."""
+    which of them are whole-pixel translations (same indexing). Read-only numpy arrays."""
     ranked = tuple(k for k in range(len(ops)) if k not in warped) + tuple(sorted(warped))
-    rank = torch.zeros(len(ops) + 1, dtype=torch.long)
-    rank[torch.tensor(ranked) + 1] = torch.arange(1, len(ops) + 1)
-    shifted = torch.tensor([False] + [name in _SHIFTS and k not in warped for k, name in enumerate(ops)])
+    rank = np.zeros(len(ops) + 1, dtype=np.int64)
+    rank[np.array(ranked) + 1] = np.arange(1, len(ops) + 1)
+    shifted = np.array([False] + [name in _SHIFTS and k not in warped for k, name in enumerate(ops)])
+    rank.flags.writeable = shifted.flags.writeable = False
     return ranked, rank, shifted
+
+
+def _numpy(t: Tensor) -> np.ndarray:
+    """A CPU tensor's values as a numpy array (bfloat16, which numpy lacks, exactly as float64)."""
+    return (t.double() if t.dtype == torch.bfloat16 else t).detach().numpy()
 
 
 def sort_by_kernel(op_index: Tensor, magnitude: Tensor, ops: tuple[str, ...]) -> tuple[Tensor, list[_Group]]:
@@ -59,15 +66,24 @@ def sort_by_kernel(op_index: Tensor, magnitude: Tensor, ops: tuple[str, ...]) ->
     come first, then each value operation and whole-pixel translation, then every resampled
     operation as one warp, in ``ops`` order. Each group keeps the rows' order (each kernel
     gets the batches it always got, so results stay the same to the bit), except that
-    translations are sorted by shift (:func:`translate` copies once per distinct shift)."""
-    fractional = set(op_index[magnitude != magnitude.round()].tolist())
+    translations are sorted by shift (:func:`translate` copies once per distinct shift).
+
+    The bookkeeping is a few hundred numbers: it runs in numpy (stable sorts, so the order is
+    the one torch's stable ``argsort`` gives), several times faster than small torch calls."""
+    order, groups = _sort(_numpy(op_index), _numpy(magnitude), ops)
+    return torch.from_numpy(order), groups
+
+
+def _sort(index: np.ndarray, mag: np.ndarray, ops: tuple[str, ...]) -> tuple[np.ndarray, list[_Group]]:
+    """:func:`sort_by_kernel` on numpy arrays."""
+    fractional = set(index[mag != np.round(mag)].tolist())
     warped = frozenset(k for k, name in enumerate(ops) if name in _SIGNED and (name not in _SHIFTS or k in fractional))
     ranked, rank, shifted = _ranking(ops, warped)
-    slot = op_index + 1
+    slot = index + 1
     key = rank[slot]
-    by_shift = torch.argsort(torch.where(shifted[slot], magnitude, 0.0), stable=True)
-    order = by_shift[torch.argsort(key[by_shift], stable=True)]
-    counts = torch.bincount(key, minlength=len(ops) + 1).tolist()
+    by_shift = np.argsort(np.where(shifted[slot], mag, 0.0), kind="stable")
+    order = by_shift[np.argsort(key[by_shift], kind="stable")]
+    counts = np.bincount(key, minlength=len(ops) + 1).tolist()
     groups = [_Group((), (0, counts[0]), False)] if counts[0] else []
     start, warp_ops, bounds = counts[0], [], []
     for k, count in zip(ranked, counts[1:], strict=True):
@@ -89,7 +105,7 @@ def run_kernels(x: Tensor, source: Tensor, op_index: Tensor, magnitude: Tensor, 
 
     Args:
         x: ``(M, C, H, W)`` contiguous float32/64 pixels already in [0, 1]; only read.
-        source: ``(N,)`` int64 row of ``x`` each result starts from.
+        source: ``(N,)`` int64 CPU row of ``x`` each result starts from.
         op_index, magnitude: ``(N,)`` CPU operation indices (-1: none) and magnitudes.
         ops: the operation names.
         out: ``(N, C, H, W)`` contiguous tensor written: rows of ``x``'s own storage that are
@@ -98,9 +114,10 @@ def run_kernels(x: Tensor, source: Tensor, op_index: Tensor, magnitude: Tensor, 
     Returns:
         ``order``: ``(N,)`` int64, ``out[j]`` holds the result of row ``order[j]``.
     """
-    order, groups = sort_by_kernel(op_index, magnitude, ops)
-    rows = source.to(x.device)[order.to(x.device)]
-    mag = magnitude[order]
+    mags = _numpy(magnitude)
+    order, groups = _sort(_numpy(op_index), mags, ops)
+    rows = torch.from_numpy(_numpy(source)[order]).to(x.device)
+    mag = magnitude[order] if magnitude.dtype == torch.bfloat16 else torch.from_numpy(mags[order])
     flat, h, w = x.view(x.shape[0], -1), x.shape[2], x.shape[3]
     for group in groups:
         start, stop = group.bounds[0], group.bounds[-1]
@@ -118,4 +135,4 @@ def run_kernels(x: Tensor, source: Tensor, op_index: Tensor, magnitude: Tensor, 
             translate(part, mag[start:stop], 3 if name == "translate_x" else 2, out=dest)
         else:
             VALUE_OPS[name](part, mag[start:stop], dest)
-    return order
+    return torch.from_numpy(order)

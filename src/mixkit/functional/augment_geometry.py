@@ -15,6 +15,7 @@ import functools
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -27,24 +28,24 @@ _ENTRY = {"shear_x": 1, "translate_x": 2, "shear_y": 3, "translate_y": 5}  # of 
 
 
 def affine_matrices(ops: Sequence[str], counts: Sequence[int], magnitude: Tensor, h: int, w: int) -> Tensor:
-    """``(N, 2, 3)`` float64 PIL affine data (output pixel coords -> input pixel coords) of rows
+    """``(N, 2, 3)`` float64 CPU PIL affine data (output pixel coords -> input pixel coords) of rows
     sorted by operation: the first ``counts[0]`` rows do ``ops[0]`` with their ``magnitude``,
     the next ``counts[1]`` ``ops[1]``, and so on."""
-    m = magnitude.to(torch.float64)
-    data = torch.zeros(m.shape[0], 6, dtype=torch.float64, device=m.device)
+    m = magnitude.detach().to(device="cpu", dtype=torch.float64).numpy()
+    data = np.zeros((m.shape[0], 6))  # a few hundred numbers: numpy, several times faster than torch here
     data[:, 0::4] = 1.0  # the identity's diagonal (a and e)
     start = 0
     for op, count in zip(ops, counts, strict=True):
         part, rows = m[start : start + count], data[start : start + count]
         if op == "rotate":  # PIL Image.rotate: about (w/2, h/2), counter-clockwise for degrees > 0
-            a = part * (math.pi / 180.0)
-            cos, sin = torch.cos(a), torch.sin(a)
+            a = torch.from_numpy(part * (math.pi / 180.0))
+            cos, sin = torch.cos(a).numpy(), torch.sin(a).numpy()  # torch's cos and sin, as always
             cx, cy = w / 2.0, h / 2.0
-            rows.copy_(torch.stack((cos, -sin, cx - cos * cx + sin * cy, sin, cos, cy - sin * cx - cos * cy), dim=1))
+            rows[:] = np.stack((cos, -sin, cx - cos * cx + sin * cy, sin, cos, cy - sin * cx - cos * cy), axis=1)
         else:  # a shear factor or a shift, about the top-left corner
             rows[:, _ENTRY[op]] = part
         start += count
-    return data.view(-1, 2, 3)
+    return torch.from_numpy(data).view(-1, 2, 3)
 
 
 @functools.lru_cache(maxsize=16)
