@@ -43,6 +43,7 @@ import ops_peers  # noqa: E402
 import ops_stats  # noqa: E402
 
 import mixkit  # noqa: E402
+from mixkit.functional.alloc import fresh_copy  # noqa: E402
 
 #: the operations some peer also offers, in table order.
 COMPARED = ("mixup", "cutmix", "resizemix", "fmix", "saliencymix", "puzzlemix", "mosaic")
@@ -235,6 +236,7 @@ def row_calls(key: dict, y: torch.Tensor, num_classes: int, libs: list[str], pee
                     calls[lib] = call
         if any(lib.startswith("timm") for lib in calls):
             calls["clone"] = lambda x: x.detach().clone()
+            calls["fresh"] = lambda x: fresh_copy(x.detach())  # mixkit's cheapest fresh copy of the batch
         if key["pass"] == "fwd" and "mixkit" in calls and "inplace" in mixkit.method_info(op).defaults:
             calls["mixkit_inplace"] = mixkit_call(op, mode, y, num_classes, g, inplace=True)
             if "timm" in libs and (call := ops_peers.timm_inplace(peers, op, mode, y, num_classes)) is not None:
@@ -256,7 +258,7 @@ def copy_call() -> Callable:
 
 
 def run_row(key: dict, calls: dict[str, Callable], args: argparse.Namespace, x: torch.Tensor) -> list[dict]:
-    runners = {lib: _runner(c, x, key["pass"], key["device"], fwd_only=(lib in ("clone", "copy"))) for lib, c in calls.items()}
+    runners = {lib: _runner(c, x, key["pass"], key["device"], fwd_only=(lib in ("clone", "fresh", "copy"))) for lib, c in calls.items()}
     results = time_row(runners, args.warmup, args.repeats, args.budget)
     clock = "wall" if key["device"] != "cpu" else args.clock
     stamp = {"measured_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "loadavg_1min": os.getloadavg()[0],

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ops_stats  # noqa: E402
 
 PEERS = ("timm", "timm_pair", "kornia", "mixup")
-HEADS = {"timm": "timm", "timm_pair": "timm pair", "kornia": "kornia", "mixup": "mixup (PyPI)", "clone": "clone"}
+HEADS = {"timm": "timm", "timm_pair": "timm pair", "kornia": "kornia", "mixup": "mixup (PyPI)", "clone": "clone", "fresh": "fresh"}
 KEY = ("op", "size", "dtype", "mode", "pass", "device")
 CLOCKS = {
     "wall": "of wall-clock time (`time.perf_counter`; CUDA rows synchronise before and after the call).",
@@ -104,15 +104,15 @@ def noise_line(verdicts: list[tuple[str, str]], what: str) -> list[str]:
 def compared_table(rows: list[dict]) -> list[str]:
     lines = [
         "| operation | size | dtype | mode | pass | device | mixkit | " + " | ".join(HEADS[p] for p in PEERS)
-        + " | clone | mixkit / fastest peer | mixkit in place | timm in place | in place: mixkit / timm | copy |",
-        "|---" * (13 + len(PEERS)) + "|",
+        + " | clone | fresh | mixkit / fastest peer | mixkit in place | timm in place | in place: mixkit / timm | copy |",
+        "|---" * (14 + len(PEERS)) + "|",
     ]
     table = _index([r for r in rows if r.get("group") == "compared"])
     first = {op: i for i, op in enumerate(dict.fromkeys(k[0] for k in table))}
     order = lambda k: (first[k[0]], k[1], k[2] != "float32", k[2], k[3] != "batch", k[4] != "fwd", k[5])  # noqa: E731
     for key, libs in sorted(table.items(), key=lambda item: order(item[0])):
         op, size, dtype, mode, pass_, device = key
-        cells = [_ms(libs.get(lib)) for lib in ("mixkit",) + PEERS + ("clone",)]
+        cells = [_ms(libs.get(lib)) for lib in ("mixkit",) + PEERS + ("clone", "fresh")]
         ratio, ratio_in_place = _ratios(libs)
         lines.append(f"| {op} | {size} | {dtype} | {mode} | {pass_} | {device} | " + " | ".join(cells)
                      + f" | {ratio} | {_ms(libs.get('mixkit_inplace'))} | {_ms(libs.get('timm_inplace'))} | {ratio_in_place}"
@@ -140,7 +140,7 @@ def summary(rows: list[dict]) -> list[str]:
                                                                       if pair else ")"))
         timm = med(libs, "timm")
         if key[3] == "elem" and timm is not None:
-            elem.append((timm / mine, name(key), timm / (med(libs, "clone") or math.inf)))
+            elem.append((timm / mine, name(key), timm / (med(libs, "fresh") or med(libs, "clone") or math.inf)))
     if not compared:
         return []
     lines = [f"- mixkit's median is at most the fastest peer's in **{compared - len(losing)} of {compared}** rows"
@@ -165,8 +165,9 @@ def summary(rows: list[dict]) -> list[str]:
         bound = [(c, n) for r, n, c in short if c < 10]
         if bound:
             lines.append("  - Out of reach out of place: an out-of-place call writes at least one fresh batch (the "
-                         "`clone` column), and there timm's `elem` takes less than 10 clones, so no out-of-place "
-                         "call can be 10 times faster (timm / clone: "
+                         "`fresh` column: mixkit's cheapest fresh copy; `clone` where a run did not record it), and "
+                         "there timm's `elem` takes less than 10 of them, so no out-of-place call can be 10 times "
+                         "faster (timm / fresh: "
                          + ", ".join(f"{n} {c:.1f}x" for c, n in sorted(bound)) + ").")
     return lines
 
@@ -248,7 +249,9 @@ def render(result: dict) -> str:
         + (CLOCKS[s.get("clock", "wall")]),
         "",
         "timm works in place: its timed call is `Mixup(x.clone(), y)`, the out-of-place equivalent of the "
-        "others; the `clone` column is `x.clone()` alone. *mixkit / fastest peer* compares with the peers as "
+        "others; the `clone` column is `x.clone()` alone, the `fresh` column "
+        "`mixkit.functional.alloc.fresh_copy(x)`: the same copy into mixkit's own allocation (transparent huge "
+        "pages above 32 MiB, where torch's allocator maps 4 KiB pages afresh at every call). *mixkit / fastest peer* compares with the peers as "
         "timed (out of place). The in-place columns (forward rows of Mixup and CutMix) time mixkit built with "
         "`inplace=True` and timm each on a tensor of its own that the call overwrites, again at every call "
         "(no clone); the `copy` column beside them is `own.copy_(x)` into a tensor kept across calls (one read and "

@@ -1,12 +1,14 @@
-"""Fresh large tensors with and without PyTorch's huge-page allocation (``THP_MEM_ALLOC_ENABLE``).
+"""Fresh large tensors with and without huge pages: none, mixkit's own, PyTorch's (``THP_MEM_ALLOC_ENABLE``).
 
 Usage:
     python bench/thp.py                    # writes bench/results/thp.json
     python bench/thp.py --repeats 5 --size 64 --no-step   # a quick look
 
-On Linux, PyTorch's CPU allocator asks for transparent huge pages (``madvise``) for tensors of
-2 MiB or more when the process starts with ``THP_MEM_ALLOC_ENABLE=1``; torch reads the variable
-once, at its first allocation, so each setting runs in a process of its own. Each process
+Three settings, each in a process of its own: ``off`` (``MIXKIT_HUGE_PAGES=0``: every tensor
+from torch's allocator, 4 KiB pages), ``mixkit`` (the default: mixkit's own outputs above 32
+MiB on transparent huge pages, :mod:`mixkit.functional.alloc`) and ``on``
+(``THP_MEM_ALLOC_ENABLE=1``: PyTorch's CPU allocator asks for huge pages for every tensor of 2
+MiB or more; torch reads the variable once, at its first allocation). Each process
 times, on one thread with the process's CPU clock, the median of ``--repeats`` calls of:
 ``x.clone()`` of a ``(128, 3, S, S)`` float32 batch, mixkit's ``MixUp`` and ``CutMix`` on it
 (out of place, with their targets), and a ResNet-20 training step at 32x32 (``--no-step`` to
@@ -25,7 +27,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-SETTINGS = {"off": None, "on": "1"}
+#: each setting's environment (besides the caller's, without these two variables)
+SETTINGS = {"off": {"MIXKIT_HUGE_PAGES": "0"}, "mixkit": {}, "on": {"THP_MEM_ALLOC_ENABLE": "1"}}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -92,11 +95,10 @@ def main(argv: list[str] | None = None) -> dict:
                     "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),
                                 "thp": _thp_mode()},
                     "batch": [128, 3, args.size, args.size], "clock": "process CPU time, 1 thread", "settings": {}}
-    for name, value in SETTINGS.items():
-        env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
-        if value is not None:
-            env["THP_MEM_ALLOC_ENABLE"] = value
-        print(f"THP_MEM_ALLOC_ENABLE={value}: measuring...", flush=True)
+    for name, extra in SETTINGS.items():
+        env = {k: v for k, v in os.environ.items() if k not in ("THP_MEM_ALLOC_ENABLE", "MIXKIT_HUGE_PAGES")}
+        env.update(extra)
+        print(f"{name} ({' '.join(f'{k}={v}' for k, v in extra.items()) or 'defaults'}): measuring...", flush=True)
         done = subprocess.run([sys.executable, __file__, *flags], env=env, capture_output=True, text=True, check=True)
         result["settings"][name] = json.loads(done.stdout.strip().splitlines()[-1])
         print(f"  {result['settings'][name]}", flush=True)

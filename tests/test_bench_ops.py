@@ -50,6 +50,9 @@ def test_summary_counts_targets_and_bounds_out_of_place_elem_rows():
     assert "**2 of 3** rows" in lines[0] and "mixup 32 batch fwd (1.25)" in lines[0].replace(" float32", "")
     assert "**0 of 2** rows at least 10 times faster" in lines[1]
     assert len(lines) == 3 and "mixup 224 float32 elem fwd 2.7x" in lines[2] and " 32 " not in lines[2]
+    # the cheaper fresh copy, where recorded, bounds it instead of the clone
+    lines = load_bench("ops_md").summary(rows + [row(224, "fresh", 20.0)])
+    assert "mixup 224 float32 elem fwd 8.0x" in lines[2]
 
 
 def test_summary_in_place_elem_rows_and_the_copy_bound():

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from mixkit import rng
+from mixkit.functional.alloc import fresh_copy
 from mixkit.holdout import Holdout
 from mixkit.types import MixOutput, MixTarget, Params, StepOutput
 from mixkit.validation import check_choice, check_labels, check_params, check_positive_int, check_probability, check_x
@@ -147,7 +148,7 @@ class MixMethod:
         if inplace:
             mixed = x if unchanged else self._mix_(x, params)
         else:
-            mixed = x.clone() if unchanged else self._mix(x, params)
+            mixed = fresh_copy(x) if unchanged else self._mix(x, params)
         return MixOutput(mixed, self.target(y, params), params)
 
     # ------------------------------------------------------------------------- training

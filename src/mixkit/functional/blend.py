@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from mixkit.functional.alloc import fresh, is_large
+
 __all__ = ["blend", "blend_", "gather_rows_scratch", "release_blend_scratch", "bc_plus_blend", "mask_blend", "select_by_mask", "match_format", "memory_order", "gather_rows", "take_rows", "select_rows"]
 
 
@@ -61,7 +63,13 @@ def take_rows(x: Tensor, index: Tensor) -> Tensor:
     is a plain copy per row (the N-d kernel computes offsets per element and allocates)."""
     index = index.to(x.device)
     if x.ndim > 2 and x.is_contiguous():
-        return x.view(x.shape[0], -1).index_select(0, index).view((index.shape[0],) + x.shape[1:])
+        rows = x.view(x.shape[0], -1)
+        n = index.shape[0]
+        if is_large(n * rows.shape[1], x.dtype, x.device) and not (torch.is_grad_enabled() and x.requires_grad):
+            out = torch.index_select(rows, 0, index, out=fresh((n, rows.shape[1]), x.dtype, x.device))
+        else:
+            out = rows.index_select(0, index)
+        return out.view((n,) + x.shape[1:])
     return x.index_select(0, index)
 
 
@@ -203,7 +211,7 @@ def _blend_half_rows(view: Tensor, index: Tensor, lam: Tensor, *, partners: Tens
     flat = view.view(b, -1)
     rn = flat.shape[1]
     rows = max(1, _HALF_CHUNK // max(1, rn))
-    out = torch.empty_like(flat) if out is None else out.view(b, -1)
+    out = fresh(tuple(flat.shape), flat.dtype, flat.device) if out is None else out.view(b, -1)
     index = index.to(view.device)
     w = lam.to(device=view.device, dtype=torch.float32).view(b, 1)
     src = None if partners is None else partners.reshape(b, -1)

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mixkit import rng
+from mixkit.functional.alloc import fresh_copy
 from mixkit.functional.blend import (
     broadcasts_to,
     from_memory,
@@ -205,7 +206,7 @@ def paste_boxes(x: Tensor, index: Tensor, boxes: Tensor) -> Tensor:
     if spans is not None:
         if torch.is_grad_enabled() and x.requires_grad:
             return match_format(from_memory(_BoxPaste.apply(view, index, spans), order), x)
-        out = view.clone()
+        out = fresh_copy(view)
         _narrow(out, spans).copy_(_gather_box(view, index, spans, scratch=True))
         return match_format(from_memory(out, order), x)
     partner = take_rows(view, index)
@@ -245,7 +246,7 @@ class _BoxPaste(torch.autograd.Function):
     def forward(ctx: Any, x: Tensor, index: Tensor, spans: tuple[Span, ...]) -> Tensor:  # type: ignore[override]
         ctx.save_for_backward(index)
         ctx.spans = spans
-        out = x.clone()
+        out = fresh_copy(x)
         _narrow(out, spans).copy_(_gather_box(x, index, spans))
         return out
 
@@ -309,9 +310,9 @@ def paste_resized(x: Tensor, index: Tensor, boxes: Tensor) -> Tensor:
         spans = _spans(boxes[0], d)
         sides = [length for _, _, length in spans]
         if min(sides) <= 0:
-            return x.clone()
+            return fresh_copy(x)
         small = _shrink(x, sides, work)
-        out = x.clone()
+        out = fresh_copy(x)
         _narrow(out, spans).copy_(_cast_back(gather_rows(small, index), x))
         return out
     return _paste_resized_each(x, index, boxes, work)

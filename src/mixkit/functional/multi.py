@@ -26,6 +26,7 @@ from torch import Tensor
 
 from mixkit import rng
 from mixkit.errors import ShapeError
+from mixkit.functional.alloc import fresh_copy, fresh_like
 from mixkit.functional.blend import (
     from_memory,
     gather_rows,
@@ -156,7 +157,7 @@ def tile_quadrants(x: Tensor, sources: Tensor, centre: Tensor, offsets: Tensor) 
 
 def _copy_cells(view: Tensor, sources: Tensor, windows: Sequence[tuple[tuple[slice, ...], tuple[slice, ...]]]) -> Tensor:
     """Cell ``k`` of every output row: the source window of row ``sources[:, k]``."""
-    out = torch.empty_like(view)
+    out = fresh_like(view)
     for k, (dst, src) in enumerate(windows):
         out[dst] = view[src].index_select(0, sources[:, k])
     return out
@@ -204,14 +205,14 @@ def _gather_pixels(x: Tensor, flat: Tensor) -> Tensor:
         if torch.is_grad_enabled() and x.requires_grad:
             return _PlaneGather.apply(x, flat)
         return _gather_planes(x, flat)
-    out = torch.empty_like(x)  # keeps x's memory format
+    out = fresh_like(x)  # keeps x's memory format
     planes = x.transpose(0, 1).reshape(x.shape[1], -1)  # feature maps: one gather for all channels
     return out.copy_(planes.index_select(1, flat).view((x.shape[1], x.shape[0]) + x.shape[2:]).transpose(0, 1))
 
 
 def _gather_planes(x: Tensor, flat: Tensor) -> Tensor:
     """:func:`_gather_pixels` for few channels: one gather per channel plane."""
-    out = torch.empty_like(x)
+    out = fresh_like(x)
     for c in range(x.shape[1]):
         out[:, c] = x[:, c].reshape(-1).index_select(0, flat).view(out[:, c].shape)
     return out
@@ -334,7 +335,7 @@ def paste_nested(x: Tensor, sources: Tensor, boxes: Tensor) -> Tensor:
     if boxes.shape[0] == 1:
         order = memory_order(x)
         view = to_memory(x, order)
-        out = view.clone()
+        out = fresh_copy(view)
         for j in range(boxes.shape[1]):
             spans = _spans(boxes[0, j], d, order)
             _narrow(out, spans).copy_(_gather_box(view, sources[:, j + 1], spans))
@@ -366,7 +367,7 @@ def paste_thumbnails(x: Tensor, index: Tensor, boxes: Tensor) -> Tensor:
     sides = boxes[:, d:] - boxes[:, :d]
     full = (sides > 0).all(dim=1)
     if not bool(full.any()):
-        return x.clone()
+        return fresh_copy(x)
     size = sides[full][0].tolist()
     work = x if x.dtype in (torch.float32, torch.float64) else x.float()
     thumbs = F.interpolate(work, size=size, mode=("linear", "bilinear", "trilinear")[d - 1], align_corners=False)
@@ -376,7 +377,7 @@ def paste_thumbnails(x: Tensor, index: Tensor, boxes: Tensor) -> Tensor:
         info = torch.iinfo(x.dtype)
         thumbs = thumbs.round_().clamp_(info.min, info.max).to(x.dtype)
     thumbs = gather_rows(thumbs, index)
-    out = x.clone()
+    out = fresh_copy(x)
     if boxes.shape[0] == 1:
         out[(slice(None), slice(None)) + tuple(slice(a, a + s) for a, s in zip(boxes[0, :d].tolist(), size))] = thumbs
         return out

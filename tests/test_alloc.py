@@ -1,0 +1,87 @@
+"""Large fresh outputs on huge pages (mixkit.functional.alloc): same values and strides as
+torch's own allocation, a block of its own, and a switch to turn it off."""
+
+from __future__ import annotations
+
+import mmap
+
+import pytest
+import torch
+
+import mixkit
+from mixkit.functional import alloc
+
+needs_thp = pytest.mark.skipif(not hasattr(mmap, "MADV_HUGEPAGE"), reason="no MADV_HUGEPAGE on this system")
+
+
+@pytest.fixture
+def tiny_threshold(monkeypatch):
+    """Every CPU block counts as large, so small tensors take the huge-page path."""
+    monkeypatch.setattr(alloc, "HUGE_PAGE_MIN_BYTES", 0)
+    monkeypatch.setitem(alloc._STATE, "enabled", hasattr(mmap, "MADV_HUGEPAGE"))
+
+
+def _is_mapped(t: torch.Tensor) -> bool:
+    """A storage made by torch.frombuffer cannot grow: torch's own allocations can."""
+    try:
+        t.untyped_storage().resize_(t.untyped_storage().nbytes() + 8)
+    except RuntimeError:
+        return True
+    return False
+
+
+@needs_thp
+def test_fresh_is_a_block_of_its_own_above_the_threshold(tiny_threshold):
+    t = alloc.fresh((4, 3, 5, 5), torch.float32)
+    assert t.shape == (4, 3, 5, 5) and t.is_contiguous() and t.dtype == torch.float32 and _is_mapped(t)
+    t.fill_(2.0)
+    assert float(t.sum()) == 2.0 * t.numel()
+    bf = alloc.fresh((7,), torch.bfloat16)
+    assert bf.dtype == torch.bfloat16 and _is_mapped(bf)
+
+
+def test_small_blocks_and_the_switch_use_torch_empty(monkeypatch):
+    assert not _is_mapped(alloc.fresh((4, 3, 8, 8), torch.float32))  # 3 KB: below 32 MiB
+    monkeypatch.setattr(alloc, "HUGE_PAGE_MIN_BYTES", 0)
+    alloc.set_huge_pages(False)
+    try:
+        assert not alloc.huge_pages_enabled() and not _is_mapped(alloc.fresh((4, 3, 8, 8), torch.float32))
+    finally:
+        alloc.set_huge_pages(True)
+    assert alloc.huge_pages_enabled() == hasattr(mmap, "MADV_HUGEPAGE")
+
+
+@needs_thp
+def test_fresh_like_and_fresh_copy_keep_layout_and_values(tiny_threshold):
+    x = torch.rand(4, 3, 6, 5).contiguous(memory_format=torch.channels_last)
+    like = alloc.fresh_like(x)
+    assert like.stride() == x.stride() and _is_mapped(like)
+    copy = alloc.fresh_copy(x)
+    assert torch.equal(copy, x) and copy.stride() == x.stride() and copy.data_ptr() != x.data_ptr()
+    odd = torch.rand(4, 6, 5).transpose(1, 2)  # neither contiguous nor channels_last: a plain clone
+    assert torch.equal(alloc.fresh_copy(odd), odd) and not _is_mapped(alloc.fresh_copy(odd))
+    leaf = torch.rand(4, 3, 6, 5, requires_grad=True)  # autograd must see the copy: a clone
+    assert alloc.fresh_copy(leaf).grad_fn is not None
+
+
+@needs_thp
+@pytest.mark.parametrize("name", ["mixup", "cutmix", "fmix", "resizemix", "mosaic", "ricap", "cut_thumbnail"])
+@pytest.mark.parametrize("mode", ["batch", "elem"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("p", [1.0, 0.5])
+def test_methods_give_the_same_output_with_huge_pages(name, mode, dtype, channels_last, p, monkeypatch):
+    x = torch.rand(6, 3, 16, 16, generator=torch.Generator().manual_seed(0)).to(dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.arange(6)
+
+    def run():
+        return mixkit.create(name, mode=mode, p=p)(x, y, generator=torch.Generator().manual_seed(1)).x
+
+    plain = run()
+    monkeypatch.setattr(alloc, "HUGE_PAGE_MIN_BYTES", 0)
+    mapped = run()
+    assert torch.equal(mapped, plain) and mapped.stride() == plain.stride()
+    if name in ("mixup", "cutmix") and dtype == torch.float32 and p == 1.0:  # outputs from the new allocation
+        assert _is_mapped(mapped)
