@@ -85,3 +85,28 @@ def test_methods_give_the_same_output_with_huge_pages(name, mode, dtype, channel
     assert torch.equal(mapped, plain) and mapped.stride() == plain.stride()
     if name in ("mixup", "cutmix") and dtype == torch.float32 and p == 1.0:  # outputs from the new allocation
         assert _is_mapped(mapped)
+
+
+@needs_thp
+@pytest.mark.parametrize("name", ["mixup", "cutmix"])
+@pytest.mark.parametrize("mode", ["batch", "elem"])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_gradients_are_the_same_with_huge_pages(name, mode, channels_last, monkeypatch):
+    x0 = torch.rand(6, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    if channels_last:
+        x0 = x0.contiguous(memory_format=torch.channels_last)
+    weights = torch.rand(6, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+
+    def grads():
+        found = []
+        for upstream in ("sum", "weighted"):  # an expanded (stride 0) and a dense incoming gradient
+            x = x0.clone().requires_grad_()
+            out = mixkit.create(name, mode=mode)(x, torch.arange(6), generator=torch.Generator().manual_seed(1)).x
+            (out.sum() if upstream == "sum" else (out * weights).sum()).backward()
+            found.append(x.grad)
+        return found
+
+    plain = grads()
+    monkeypatch.setattr(alloc, "HUGE_PAGE_MIN_BYTES", 0)
+    for a, b in zip(grads(), plain, strict=True):
+        assert torch.equal(a, b) and a.stride() == b.stride()

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mixkit.functional.alloc import fresh, is_large
+from mixkit.functional.alloc import fresh, fresh_like, is_large
 
 __all__ = ["blend", "blend_", "gather_rows_scratch", "release_blend_scratch", "bc_plus_blend", "mask_blend", "select_by_mask", "match_format", "memory_order", "gather_rows", "take_rows", "select_rows"]
 
@@ -161,9 +161,9 @@ class _ScalarBlend(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, g: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
         (index,) = ctx.saved_tensors
-        grad = g * ctx.w
         if torch.is_grad_enabled():  # create_graph: a differentiable (out-of-place) scatter
-            return grad.index_add(0, index, g, alpha=1.0 - ctx.w), None, None
+            return (g * ctx.w).index_add(0, index, g, alpha=1.0 - ctx.w), None, None
+        grad = torch.mul(g, ctx.w, out=fresh_like(g))
         return grad.index_add_(0, index, g, alpha=1.0 - ctx.w), None, None
 
 
@@ -188,9 +188,9 @@ class _RowBlend(torch.autograd.Function):
     def backward(ctx: Any, g: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
         index, w = ctx.saved_tensors
         gw = g.to(w.dtype)
-        grad = gw * w
         if torch.is_grad_enabled():  # create_graph: the out-of-place (differentiable) scatter
-            return grad.index_add(0, index, gw * (1.0 - w)).to(g.dtype), None, None
+            return (gw * w).index_add(0, index, gw * (1.0 - w)).to(g.dtype), None, None
+        grad = torch.mul(gw, w, out=fresh_like(gw))
         return grad.index_add_(0, index, gw.mul_(1.0 - w) if gw is not g else gw * (1.0 - w)).to(g.dtype), None, None
 
 

@@ -257,7 +257,7 @@ class _BoxPaste(torch.autograd.Function):
         zeros = torch.zeros_like(part)
         # create_graph: the out-of-place (differentiable) scatter
         inside = zeros.index_add(0, index, part) if torch.is_grad_enabled() else zeros.index_add_(0, index, part)
-        grad = g.clone()
+        grad = fresh_copy(g)  # a clone (differentiable under create_graph)
         _narrow(grad, ctx.spans).copy_(inside)
         return grad, None, None
 
