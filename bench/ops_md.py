@@ -74,7 +74,10 @@ def paired(libs: dict[str, dict], lib: str, peer: str | None) -> dict | None:
 
 
 def _interval(p: dict | None) -> str:
-    return f" [{p['ci_lo']:.2f}, {p['ci_hi']:.2f}]" if p else ""
+    """`` [lo, hi]``, marked ``*`` when fewer than 6 rounds make it the rounds' range."""
+    if not p:
+        return ""
+    return f" [{p['ci_lo']:.2f}, {p['ci_hi']:.2f}]" + ("*" if p["coverage"] < 0.95 else "")
 
 
 def _ratios(libs: dict[str, dict]) -> tuple[str, str]:
@@ -96,9 +99,11 @@ def noise_line(verdicts: list[tuple[str, str]], what: str) -> list[str]:
     if not counted:
         return []
     slower = [n for v, n in verdicts if v == "slower"]
+    few = counted.count("few rounds")
     return [f"  - By the paired per-round ratio ({what}; 95% interval of its median, from order statistics): "
             f"faster beyond noise in {counted.count('faster')}, within noise in {counted.count('within noise')}, "
-            f"slower beyond noise in {len(slower)} of {len(counted)} rows" + (f" ({', '.join(slower)})." if slower else ".")]
+            f"slower beyond noise in {len(slower)} of {len(counted)} rows" + (f" ({', '.join(slower)})" if slower else "")
+            + (f"; {few} timed in fewer than 5 rounds (the row's time budget), no verdict." if few else ".")]
 
 
 def compared_table(rows: list[dict]) -> list[str]:
@@ -245,7 +250,8 @@ def render(result: dict) -> str:
         "of the per-round ratios (each round's mixkit time over the same round's peer time; distribution-free, from "
         "order statistics): an interval that contains 1 means the difference is within this machine's run-to-run "
         "noise. It is an interval for the typical per-round ratio, which need not contain the ratio of the two "
-        "medians printed before it. Times are medians in milliseconds (interquartile ranges in `bench/results/ops.json`), "
+        "medians printed before it; `*`: fewer than 6 rounds (slow calls and the row's time budget), so the "
+        "interval is their range, of lower coverage. Times are medians in milliseconds (interquartile ranges in `bench/results/ops.json`), "
         + (CLOCKS[s.get("clock", "wall")]),
         "",
         "timm works in place: its timed call is `Mixup(x.clone(), y)`, the out-of-place equivalent of the "

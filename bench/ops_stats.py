@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import statistics
 
-__all__ = ["median_interval", "paired_ratio", "verdict"]
+__all__ = ["MIN_COVERAGE", "median_interval", "paired_ratio", "verdict"]
 
 
 def _binomial_cdf(k: int, n: int) -> float:
@@ -53,11 +53,17 @@ def paired_ratio(mine: list[float], theirs: list[float]) -> dict | None:
     return {"median": statistics.median(ratios), "ci_lo": lo, "ci_hi": hi, "coverage": coverage, "rounds": rounds}
 
 
+#: the least coverage an interval needs for a verdict (5 rounds give 93.75%; fewer, no verdict)
+MIN_COVERAGE = 0.9
+
+
 def verdict(paired: dict | None) -> str:
-    """``"slower"``, ``"faster"`` or ``"within noise"`` from a :func:`paired_ratio` (``""``
-    without one)."""
+    """``"slower"``, ``"faster"`` or ``"within noise"`` from a :func:`paired_ratio`; ``"few
+    rounds"`` when its interval covers less than :data:`MIN_COVERAGE` (``""`` without one)."""
     if not paired:
         return ""
+    if paired["coverage"] < MIN_COVERAGE:
+        return "few rounds"
     if paired["ci_lo"] > 1.0:
         return "slower"
     if paired["ci_hi"] < 1.0:

@@ -88,6 +88,7 @@ def test_paired_ratio_pairs_rounds_and_gives_a_verdict():
     assert noisy["ci_lo"] < 1 < noisy["ci_hi"] and stats.verdict(noisy) == "within noise"
     assert stats.verdict(stats.paired_ratio([0.5 * d for d in drift], drift)) == "faster"
     assert stats.paired_ratio([], drift) is None and stats.verdict(None) == ""
+    assert stats.verdict(stats.paired_ratio([0.5, 0.5, 0.5], [1.0, 1.0, 1.0])) == "few rounds"  # 75% coverage
 
 
 def test_summary_and_table_show_the_paired_interval():
