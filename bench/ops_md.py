@@ -145,7 +145,10 @@ def summary(rows: list[dict]) -> list[str]:
                                                                       if pair else ")"))
         timm = med(libs, "timm")
         if key[3] == "elem" and timm is not None:
-            elem.append((timm / mine, name(key), timm / (med(libs, "fresh") or med(libs, "clone") or math.inf)))
+            least = med(libs, "fresh") or med(libs, "clone") or math.inf  # one fresh batch written
+            if key[0] in BLEND_STREAMS and med(libs, "copy"):  # a blend also reads the partners: half a copy
+                least += (BLEND_STREAMS[key[0]] - 1.0) * med(libs, "copy")
+            elem.append((timm / mine, name(key), timm / least))
     if not compared:
         return []
     lines = [f"- mixkit's median is at most the fastest peer's in **{compared - len(losing)} of {compared}** rows"
@@ -170,9 +173,10 @@ def summary(rows: list[dict]) -> list[str]:
         bound = [(c, n) for r, n, c in short if c < 10]
         if bound:
             lines.append("  - Out of reach out of place: an out-of-place call writes at least one fresh batch (the "
-                         "`fresh` column: mixkit's cheapest fresh copy; `clone` where a run did not record it), and "
-                         "there timm's `elem` takes less than 10 of them, so no out-of-place call can be 10 times "
-                         "faster (timm / fresh: "
+                         "`fresh` column: mixkit's cheapest fresh copy; `clone` where a run did not record it; a "
+                         "blend also reads the partners, half a `copy` more), and there timm's `elem` takes less "
+                         "than 10 times that, so no out-of-place call can be 10 times faster (timm / that least "
+                         "cost: "
                          + ", ".join(f"{n} {c:.1f}x" for c, n in sorted(bound)) + ").")
     return lines
 

@@ -53,6 +53,11 @@ def test_summary_counts_targets_and_bounds_out_of_place_elem_rows():
     # the cheaper fresh copy, where recorded, bounds it instead of the clone
     lines = load_bench("ops_md").summary(rows + [row(224, "fresh", 20.0)])
     assert "mixup 224 float32 elem fwd 8.0x" in lines[2]
+    # and a blend reads the partners too: half a copy more (160 / (10 + 0.5 * 8) = 11.4x: reachable)
+    lines = load_bench("ops_md").summary(rows + [row(224, "fresh", 10.0), row(224, "copy", 8.0)])
+    assert len(lines) == 2 and "mixup 224 float32 elem fwd (2.3x)" in lines[1]
+    lines = load_bench("ops_md").summary(rows + [row(224, "fresh", 12.0), row(224, "copy", 12.0)])
+    assert "mixup 224 float32 elem fwd 8.9x" in lines[2]  # 160 / (12 + 6)
 
 
 def test_summary_in_place_elem_rows_and_the_copy_bound():
