@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from mixkit.base import MixMethod
+from mixkit.functional.alloc import fresh_copy
 from mixkit.registry import register
 from mixkit.types import BlendParams, MixOutput, MixTarget
 
@@ -51,7 +52,7 @@ class ERM(MixMethod):
         return BlendParams(index=torch.arange(b), lam=torch.ones(b, dtype=torch.float64))
 
     def _mix(self, x: Tensor, params: BlendParams) -> Tensor:
-        return x.clone()
+        return fresh_copy(x)
 
     def target(self, y: Tensor, params: BlendParams) -> MixTarget:
         return MixTarget.unmixed(y, self.num_classes)
@@ -59,4 +60,4 @@ class ERM(MixMethod):
     def __call__(self, x: Tensor, y: Tensor, *, generator: torch.Generator | None = None) -> MixOutput:
         self.check(x, y)
         params = self.sample(x, y)
-        return MixOutput(x.clone(), self.target(y, params), params)
+        return MixOutput(fresh_copy(x), self.target(y, params), params)
