@@ -78,8 +78,7 @@ def gaussian_blob(centres: Tensor, sigma: Tensor, spatial: Sequence[int]) -> Ten
         prof = torch.exp(-((pos - centres[:, k : k + 1].to(torch.float64)) ** 2) / var2)
         view = _axis_view(prof.to(torch.float32), k, d)
         out = view if out is None else out * view
-    assert out is not None
-    return out.expand((centres.shape[0], 1) + tuple(spatial)).clone()
+    return _full(out, (centres.shape[0], 1) + tuple(spatial))
 
 
 def soft_box_mask(boxes: Tensor, sigma: Tensor, spatial: Sequence[int]) -> Tensor:
@@ -109,8 +108,14 @@ def soft_box_mask(boxes: Tensor, sigma: Tensor, spatial: Sequence[int]) -> Tenso
         prof = torch.where(hi > lo, prof, 0.0)
         view = _axis_view(prof.clamp(0, 1).to(torch.float32), k, d)
         out = view if out is None else out * view
+    return _full(out, (boxes.shape[0], 1) + tuple(spatial))
+
+
+def _full(out: Tensor | None, shape: tuple[int, ...]) -> Tensor:
+    """The product of the per-axis profiles as a tensor of its own, ``shape`` (a copy only
+    where a profile is broadcast: with two or more axes the product is already whole)."""
     assert out is not None
-    return out.expand((boxes.shape[0], 1) + tuple(spatial)).clone()
+    return out if tuple(out.shape) == shape and out.is_contiguous() else out.expand(shape).clone()
 
 
 def sample_grid_cells(

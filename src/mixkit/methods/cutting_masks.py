@@ -62,7 +62,9 @@ def _rows(active: Tensor, mode: str, ndim: int) -> Tensor:
 def _finish(method: MixMethod, mask: Tensor, active: Tensor, index: Tensor) -> MaskParams:
     """Unmix inactive rows, store the mask as float32 and lambda as its realised mean."""
     b = active.shape[0]
-    mask = torch.where(_rows(active, method.mode, mask.ndim), mask, 1.0).to(torch.float32)
+    if not bool(active.all()):  # (all active: the mask as it is, no pass over it)
+        mask = torch.where(_rows(active, method.mode, mask.ndim), mask, 1.0)
+    mask = mask.to(torch.float32)
     kept = mask.flatten(1).mean(dim=1, dtype=torch.float64).expand(b).clone()
     return MaskParams(index=method._partner(index, active), lam=kept, mask=mask)
 
@@ -205,7 +207,8 @@ class GMix(MixMethod):
         numel, d = float(torch.tensor(spatial).prod()), len(spatial)
         sigma = torch.sqrt((small * numel) ** (2.0 / d) / (2.0 * torch.pi))
         blob = gaussian_blob(_centres(n, spatial, generator), sigma, spatial)
-        mask = torch.where((lam < 0.5).view((-1,) + (1,) * (d + 1)), blob, 1.0 - blob)
+        high = (lam >= 0.5).to(torch.float32).view((-1,) + (1,) * (d + 1))
+        mask = torch.addcmul(high, blob, 1.0 - 2.0 * high, out=blob)  # blob, or 1 - blob (exact), in place
         return _finish(self, mask, self._active(b, generator), index)
 
     def _mix(self, x: Tensor, params: MaskParams) -> Tensor:
