@@ -110,3 +110,19 @@ def test_gradients_are_the_same_with_huge_pages(name, mode, channels_last, monke
     monkeypatch.setattr(alloc, "HUGE_PAGE_MIN_BYTES", 0)
     for a, b in zip(grads(), plain, strict=True):
         assert torch.equal(a, b) and a.stride() == b.stride()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_interpolate_batch_is_f_interpolate(dtype):
+    """The chunked channels_last path (batches of 2**21 elements or more) gives F.interpolate's values."""
+    import torch.nn.functional as F
+
+    from mixkit.functional.resize import interpolate_batch
+
+    x = torch.rand(29, 3, 160, 160, generator=torch.Generator().manual_seed(0), dtype=dtype)  # 2.2 M elements
+    for size in ((80, 80), (37, 121), (159, 3), (1, 1)):
+        expected = F.interpolate(x, size=list(size), mode="bilinear", align_corners=False)
+        got = interpolate_batch(x, size, "bilinear")
+        assert torch.equal(got, expected) and got.stride() == expected.stride()
+    leaf = x[:2].clone().requires_grad_()  # autograd: F.interpolate itself
+    assert interpolate_batch(leaf, (5, 5), "bilinear").grad_fn is not None

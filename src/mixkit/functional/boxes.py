@@ -29,6 +29,7 @@ from mixkit.functional.blend import (
     take_rows,
     to_memory,
 )
+from mixkit.functional.resize import interpolate_batch
 
 __all__ = ["sample_cut_boxes", "box_fraction", "one_box_fraction", "box_mask", "box_weight", "paste_boxes", "paste_boxes_", "paste_resized"]
 
@@ -328,7 +329,7 @@ def _shrink(x: Tensor, sides: Sequence[int], work: torch.dtype) -> Tensor:
     is made."""
     mode = _interp_mode(x.ndim - 2)
     if x.dtype == work:
-        return F.interpolate(x, size=list(sides), mode=mode, align_corners=False)
+        return interpolate_batch(x, sides, mode)
     rows = max(1, _RESIZE_CHUNK // max(1, x[0].numel()))
     if torch.is_grad_enabled() and x.requires_grad:
         # whole: the backward of each chunk's slice of ``x`` would be a zero tensor of x's size

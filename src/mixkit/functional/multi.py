@@ -35,6 +35,7 @@ from mixkit.functional.blend import (
     to_memory,
 )
 from mixkit.functional.boxes import _gather_box, _narrow, _spans, box_mask
+from mixkit.functional.resize import interpolate_batch
 from mixkit.functional.matching import linear_assignment, match_clouds  # re-exported here
 
 __all__ = [
@@ -370,7 +371,7 @@ def paste_thumbnails(x: Tensor, index: Tensor, boxes: Tensor) -> Tensor:
         return fresh_copy(x)
     size = sides[full][0].tolist()
     work = x if x.dtype in (torch.float32, torch.float64) else x.float()
-    thumbs = F.interpolate(work, size=size, mode=("linear", "bilinear", "trilinear")[d - 1], align_corners=False)
+    thumbs = interpolate_batch(work, size, ("linear", "bilinear", "trilinear")[d - 1])
     if x.is_floating_point():
         thumbs = thumbs.to(x.dtype)
     else:
