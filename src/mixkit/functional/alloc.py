@@ -25,6 +25,8 @@ import os
 import torch
 from torch import Tensor
 
+from mixkit.functional.layout import from_memory, memory_order
+
 __all__ = ["HUGE_PAGE_MIN_BYTES", "fresh", "fresh_copy", "fresh_like", "huge_pages_enabled", "is_large", "set_huge_pages"]
 
 #: blocks above this size (glibc's largest mmap threshold on 64-bit systems: the blocks it
@@ -73,11 +75,9 @@ def fresh_like(t: Tensor) -> Tensor:
         return torch.empty_like(t)
     if t.is_contiguous():
         return fresh(tuple(t.shape), t.dtype, t.device)
-    for fmt, ndim in ((torch.channels_last, 4), (torch.channels_last_3d, 5)):
-        if t.ndim == ndim and t.is_contiguous(memory_format=fmt):
-            order = (0,) + tuple(range(2, ndim)) + (1,)
-            stored = fresh(tuple(t.shape[d] for d in order), t.dtype, t.device)
-            return stored.permute((0, ndim - 1) + tuple(range(1, ndim - 1)))
+    order = memory_order(t)  # channels_last: a contiguous block in memory order, viewed back
+    if order is not None:
+        return from_memory(fresh(tuple(t.shape[d] for d in order), t.dtype, t.device), order)
     return torch.empty_like(t)
 
 
