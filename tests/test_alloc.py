@@ -126,3 +126,22 @@ def test_interpolate_batch_is_f_interpolate(dtype):
         assert torch.equal(got, expected) and got.stride() == expected.stride()
     leaf = x[:2].clone().requires_grad_()  # autograd: F.interpolate itself
     assert interpolate_batch(leaf, (5, 5), "bilinear").grad_fn is not None
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_interpolate_batch_under_autograd_gives_f_interpolates_values_and_gradients(dtype):
+    import torch.nn.functional as F
+
+    from mixkit.functional.resize import interpolate_batch
+
+    x0 = torch.rand(29, 3, 160, 160, generator=torch.Generator().manual_seed(0)).to(dtype)  # 2.2 M elements
+    upstream = torch.rand(29, 3, 37, 121, generator=torch.Generator().manual_seed(1))
+    results = []
+    for resize in (lambda z: F.interpolate(z.float(), size=[37, 121], mode="bilinear", align_corners=False),
+                   lambda z: interpolate_batch(z, (37, 121), "bilinear", dtype=torch.float32)):
+        x = x0.clone().requires_grad_()
+        out = resize(x)
+        out.backward(upstream)
+        results.append((out.detach(), out.stride(), x.grad))
+    (a, sa, ga), (b, sb, gb) = results
+    assert torch.equal(a, b) and sa == sb and torch.equal(ga, gb) and ga.stride() == gb.stride()

@@ -333,7 +333,7 @@ def _shrink(x: Tensor, sides: Sequence[int], work: torch.dtype) -> Tensor:
     rows = max(1, _RESIZE_CHUNK // max(1, x[0].numel()))
     if torch.is_grad_enabled() and x.requires_grad:
         # whole: the backward of each chunk's slice of ``x`` would be a zero tensor of x's size
-        return F.interpolate(x.to(work), size=list(sides), mode=mode, align_corners=False)
+        return interpolate_batch(x, sides, mode, dtype=work)
     out = None
     for s in range(0, x.shape[0], rows):
         part = F.interpolate(x[s : s + rows].to(work), size=list(sides), mode=mode, align_corners=False)
