@@ -1,0 +1,122 @@
+"""Old code against new, in one process: the before/after of a speed change, drift-proof.
+
+Usage:
+    python bench/ab.py --ref f77bc2c --methods mixup:batch cutmix:elem --size 224
+    python bench/ab.py --ref HEAD~3 --methods gmix:elem --size 224 --rounds 20 --channels-last
+
+This machine's speed drifts by up to 2x within minutes, so timings from two processes (or two
+runs) of the same code can differ more than a change does. This script extracts ``src/mixkit``
+at ``--ref`` with ``git archive``, renames the package to ``mixkit_ref`` (every ``mixkit``
+word in its sources), imports it beside the working tree's ``mixkit``, and times each
+``name:mode`` call of both interleaved round by round (the order alternating), on one thread
+with the process's CPU clock. It reports each side's median, the paired per-round ratio
+new / ref with its 95% interval (``ops_stats.paired_ratio``), and whether both sides give the
+same output (``torch.equal`` on the mixed batch and the target weights, same seeds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import re
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(ROOT / "src"))
+import ops_stats  # noqa: E402
+
+import mixkit  # noqa: E402
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--ref", required=True, help="git revision of the old code (e.g. a commit, HEAD~2)")
+    ap.add_argument("--methods", nargs="+", required=True, help="name:mode pairs (mode batch or elem)")
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16", "float64"))
+    ap.add_argument("--channels-last", action="store_true")
+    ap.add_argument("--rounds", type=int, default=12)
+    ap.add_argument("--out", default=None, help="also write the results to this JSON file")
+    return ap.parse_args(argv)
+
+
+def load_ref(ref: str, into: Path) -> object:
+    """``src/mixkit`` at ``ref``, imported as the package ``mixkit_ref``."""
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref, "src/mixkit"], check=True,
+                             capture_output=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(into, filter="data")
+    package = into / "mixkit_ref"
+    (into / "src" / "mixkit").rename(package)
+    for path in package.rglob("*.py"):
+        path.write_text(re.sub(r"\bmixkit\b", "mixkit_ref", path.read_text()))
+    for loaded in [m for m in sys.modules if m == "mixkit_ref" or m.startswith("mixkit_ref.")]:
+        del sys.modules[loaded]  # an earlier call's revision
+    sys.path.insert(0, str(into))
+    try:
+        import mixkit_ref
+    finally:
+        sys.path.remove(str(into))
+    return mixkit_ref
+
+
+def compare(name: str, mode: str, ref: object, args: argparse.Namespace) -> dict:
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(args.batch, 3, args.size, args.size, generator=g).to(getattr(torch, args.dtype))
+    if args.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (args.batch,), generator=g)
+    opts = {"mode": mode} if "mode" in mixkit.method_info(name).defaults else {}
+    sides = {"ref": ref.create(name, **opts), "new": mixkit.create(name, **opts)}  # type: ignore[attr-defined]
+    outs = {k: m(x, y, generator=torch.Generator().manual_seed(1)) for k, m in sides.items()}
+    same = torch.equal(outs["ref"].x, outs["new"].x) and torch.equal(outs["ref"].target.weight, outs["new"].target.weight)
+    gens = {k: torch.Generator().manual_seed(2) for k in sides}
+    times: dict[str, list[float]] = {k: [] for k in sides}
+    for r in range(args.rounds):
+        for k in ("ref", "new") if r % 2 else ("new", "ref"):
+            start = time.process_time()
+            sides[k](x, y, generator=gens[k])
+            times[k].append((time.process_time() - start) * 1000)
+    paired = ops_stats.paired_ratio(times["new"], times["ref"])
+    return {"method": name, "mode": mode, "ref_ms": statistics.median(times["ref"]),
+            "new_ms": statistics.median(times["new"]), "new_over_ref": paired, "verdict": ops_stats.verdict(paired),
+            "same_output": same}
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    args = parse_args(argv)
+    torch.set_num_threads(1)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        ref = load_ref(args.ref, Path(tmp))
+        for spec in args.methods:
+            name, _, mode = spec.partition(":")
+            row = compare(name, mode or "batch", ref, args)
+            rows.append(row)
+            p = row["new_over_ref"]
+            interval = f" [{p['ci_lo']:.2f}, {p['ci_hi']:.2f}]" if p else ""
+            print(f"{spec:24s} ref {row['ref_ms']:9.2f} ms  new {row['new_ms']:9.2f} ms  new/ref "
+                  f"{p['median'] if p else float('nan'):.3f}{interval} {row['verdict']}  same output: {row['same_output']}",
+                  flush=True)
+    if args.out:
+        result = {"command": "python bench/ab.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+                  "ref": args.ref, "input": [args.batch, 3, args.size, args.size], "dtype": args.dtype,
+                  "channels_last": args.channels_last, "clock": "process CPU time, 1 thread", "rows": rows}
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,32 @@
+"""bench/ab.py loads the code of a git revision beside the working tree and compares them."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import load_bench
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _in_git() -> bool:
+    if shutil.which("git") is None:
+        return False
+    done = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True)
+    return done.returncode == 0
+
+
+@pytest.mark.skipif(not _in_git(), reason="needs the git repository")
+def test_ab_benchmark_tiny_run(tmp_path):
+    ab = load_bench("ab")
+    out = tmp_path / "ab.json"
+    rows = ab.main(["--ref", "HEAD", "--methods", "mixup:batch", "cutmix:elem", "erm", "--size", "8", "--batch", "4",
+                    "--rounds", "2", "--out", str(out)])
+    assert [(r["method"], r["mode"]) for r in rows] == [("mixup", "batch"), ("cutmix", "elem"), ("erm", "batch")]
+    assert all(r["same_output"] and r["ref_ms"] > 0 and r["new_ms"] > 0 for r in rows)  # HEAD's code: the same mixes
+    assert json.loads(out.read_text())["rows"] == rows
