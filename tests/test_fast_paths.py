@@ -69,20 +69,22 @@ def test_half_rows_scratch_is_per_thread_and_grows():
     assert not failures
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.uint8])
 @pytest.mark.parametrize("shape", [(6, 2, 9), (6, 3, 8, 10), (5, 2, 4, 6, 7)])
-def test_gather_box_equals_the_region_gather(shape):
-    """Band or direct gather, the values are the box's rows of the partners, for any box."""
-    from mixkit.functional.boxes import _gather_box
+def test_gather_box_equals_the_region_gather(shape, dtype):
+    """Band or direct gather, the values are the box's rows of the partners, for any box
+    (empty boxes included); pasted straight into a copy's box, only the box changes."""
+    from mixkit.functional.boxes import _copy_box_rows, _gather_box
 
     g = torch.Generator().manual_seed(3)
     draw = lambda high: int(torch.randint(0, high, (1,), generator=g))  # noqa: E731
     for layout in ("plain", "channels_last", "strided"):
-        x = torch.rand(shape, generator=g)
+        x = (torch.rand(shape, generator=g) * 255).to(dtype)
         if layout == "channels_last" and x.ndim in (4, 5):
             x = x.contiguous(memory_format=torch.channels_last if x.ndim == 4 else torch.channels_last_3d)
             x = x.permute((0,) + tuple(range(2, x.ndim)) + (1,))  # the memory-order view
         elif layout == "strided":
-            x = torch.rand((shape[0], shape[1] * 2) + shape[2:], generator=g)[:, ::2]
+            x = (torch.rand((shape[0], shape[1] * 2) + shape[2:], generator=g) * 255).to(dtype)[:, ::2]
         index = torch.randperm(shape[0], generator=g)
         for _ in range(40):
             region, spans = [slice(None)], []
@@ -97,6 +99,10 @@ def test_gather_box_equals_the_region_gather(shape):
             ref = x[tuple(region)].index_select(0, index)
             assert torch.equal(_gather_box(x, index, spans), ref)
             assert torch.equal(_gather_box(x, index, spans, scratch=True), ref)  # the reused buffer
+            out, expected = x.clone(), x.clone()
+            expected[tuple(region)] = ref
+            _copy_box_rows(out, x, index, spans)  # gathered straight into out's box
+            assert torch.equal(out, expected)
 
 
 def test_blend_accepts_a_float_weight():

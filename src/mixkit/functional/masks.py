@@ -35,7 +35,7 @@ from mixkit.functional.blend import (
     take_rows,
     to_memory,
 )
-from mixkit.functional.boxes import _gather_box, _narrow, _spans, box_mask, box_weight
+from mixkit.functional.boxes import _copy_box_rows, _narrow, _spans, box_mask, box_weight
 
 __all__ = [
     "gaussian_blob",
@@ -171,7 +171,7 @@ def hybrid_blend(x: Tensor, index: Tensor, boxes: Tensor, outside: Tensor) -> Te
         if torch.is_grad_enabled() and out.requires_grad:  # the blend's own output may not be written into
             out = out.clone()
         spans = _spans(boxes[0], d, order)
-        _narrow(out, spans).copy_(_gather_box(view, index, spans))
+        _copy_box_rows(out, view, index, spans)
         return match_format(from_memory(out, order), x)
     work = torch.float32 if x.dtype in _HALF else x.dtype
     off_box = 1.0 - box_weight(boxes, x.shape, work, order, x.device)

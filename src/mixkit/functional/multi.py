@@ -34,7 +34,7 @@ from mixkit.functional.blend import (
     memory_order,
     to_memory,
 )
-from mixkit.functional.boxes import _gather_box, _narrow, _spans, box_mask
+from mixkit.functional.boxes import _copy_box_rows, _narrow, _spans, box_mask
 from mixkit.functional.resize import interpolate_batch
 from mixkit.functional.matching import linear_assignment, match_clouds  # re-exported here
 
@@ -339,7 +339,7 @@ def paste_nested(x: Tensor, sources: Tensor, boxes: Tensor) -> Tensor:
         out = fresh_copy(view)
         for j in range(boxes.shape[1]):
             spans = _spans(boxes[0, j], d, order)
-            _narrow(out, spans).copy_(_gather_box(view, sources[:, j + 1], spans))
+            _copy_box_rows(out, view, sources[:, j + 1], spans)
         return match_format(from_memory(out, order), x)
     spatial = tuple(x.shape[2:])
     start = sources * math.prod(spatial)  # (B, K) flat offset of each source
