@@ -35,7 +35,12 @@ from mixkit.functional.blend import (
     take_rows,
     to_memory,
 )
-from mixkit.functional.boxes import _copy_box_rows, _narrow, _spans, box_mask, box_weight
+from mixkit.functional.boxes import (
+    _copy_box_rows,
+    _spans,
+    box_mask,
+    box_weight,
+)
 
 __all__ = [
     "gaussian_blob",

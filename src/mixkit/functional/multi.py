@@ -21,7 +21,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from mixkit import rng
@@ -34,26 +33,29 @@ from mixkit.functional.blend import (
     memory_order,
     to_memory,
 )
-from mixkit.functional.boxes import _copy_box_rows, _narrow, _spans, box_mask
+from mixkit.functional.boxes import _copy_box_rows, _spans, box_mask
+from mixkit.functional.matching import (  # re-exported here
+    linear_assignment,
+    match_clouds,
+)
 from mixkit.functional.resize import interpolate_batch
-from mixkit.functional.matching import linear_assignment, match_clouds  # re-exported here
 
 __all__ = [
     "chain_sources",
-    "own_weight",
-    "check_tiling",
     "check_nested",
-    "merge_repeats",
-    "quadrant_cells",
-    "quadrant_shares",
-    "tile_quadrants",
-    "sample_nested_boxes",
-    "nested_shares",
+    "check_tiling",
     "layer_map",
-    "paste_nested",
-    "paste_thumbnails",
     "linear_assignment",
     "match_clouds",
+    "merge_repeats",
+    "nested_shares",
+    "own_weight",
+    "paste_nested",
+    "paste_thumbnails",
+    "quadrant_cells",
+    "quadrant_shares",
+    "sample_nested_boxes",
+    "tile_quadrants",
 ]
 
 
