@@ -3,6 +3,7 @@
 Usage:
     python bench/ab.py --ref f77bc2c --methods mixup:batch cutmix:elem --size 224
     python bench/ab.py --ref HEAD~3 --methods gmix:elem --size 224 --rounds 20 --channels-last
+    python bench/ab.py --ref HEAD --methods cutmix:batch --size 32 --dtype bfloat16 --backward
 
 This machine's speed drifts by up to 2x within minutes, so timings from two processes (or two
 runs) of the same code can differ more than a change does. This script extracts ``src/mixkit``
@@ -12,6 +13,8 @@ word in its sources), imports it beside the working tree's ``mixkit``, and times
 with the process's CPU clock. It reports each side's median, the paired per-round ratio
 new / ref with its 95% interval (``ops_stats.paired_ratio``), and whether both sides give the
 same output (``torch.equal`` on the mixed batch and the target weights, same seeds).
+``--backward`` times the forward and ``out.x.sum().backward()`` (as ``bench/ops.py``'s
+fwd+bwd), and the output check also compares the input gradients.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16", "float64"))
     ap.add_argument("--channels-last", action="store_true")
     ap.add_argument("--rounds", type=int, default=12)
+    ap.add_argument("--backward", action="store_true", help="time forward + out.x.sum().backward()")
     ap.add_argument("--out", default=None, help="also write the results to this JSON file")
     return ap.parse_args(argv)
 
@@ -79,14 +83,25 @@ def compare(name: str, mode: str, ref: object, args: argparse.Namespace) -> dict
     y = torch.randint(0, 10, (args.batch,), generator=g)
     opts = {"mode": mode} if "mode" in mixkit.method_info(name).defaults else {}
     sides = {"ref": ref.create(name, **opts), "new": mixkit.create(name, **opts)}  # type: ignore[attr-defined]
-    outs = {k: m(x, y, generator=torch.Generator().manual_seed(1)) for k, m in sides.items()}
+    leaves = {k: x.detach().clone().requires_grad_() for k in sides} if args.backward else {k: x for k in sides}
+
+    def call(k: str, generator: torch.Generator) -> object:
+        out = sides[k](leaves[k], y, generator=generator)
+        if args.backward:
+            leaves[k].grad = None
+            out.x.sum().backward()
+        return out
+
+    outs = {k: call(k, torch.Generator().manual_seed(1)) for k in sides}
     same = torch.equal(outs["ref"].x, outs["new"].x) and torch.equal(outs["ref"].target.weight, outs["new"].target.weight)
+    if args.backward:
+        same = same and torch.equal(leaves["ref"].grad, leaves["new"].grad)
     gens = {k: torch.Generator().manual_seed(2) for k in sides}
     times: dict[str, list[float]] = {k: [] for k in sides}
     for r in range(args.rounds):
         for k in ("ref", "new") if r % 2 else ("new", "ref"):
             start = time.process_time()
-            sides[k](x, y, generator=gens[k])
+            call(k, gens[k])
             times[k].append((time.process_time() - start) * 1000)
     paired = ops_stats.paired_ratio(times["new"], times["ref"])
     return {"method": name, "mode": mode, "ref_ms": statistics.median(times["ref"]),
@@ -112,7 +127,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.out:
         result = {"command": "python bench/ab.py " + " ".join(argv if argv is not None else sys.argv[1:]),
                   "ref": args.ref, "input": [args.batch, 3, args.size, args.size], "dtype": args.dtype,
-                  "channels_last": args.channels_last, "clock": "process CPU time, 1 thread", "rows": rows}
+                  "channels_last": args.channels_last, "backward": args.backward, "clock": "process CPU time, 1 thread", "rows": rows}
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
     return rows

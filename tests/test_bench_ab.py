@@ -30,3 +30,12 @@ def test_ab_benchmark_tiny_run(tmp_path):
     assert [(r["method"], r["mode"]) for r in rows] == [("mixup", "batch"), ("cutmix", "elem"), ("erm", "batch")]
     assert all(r["same_output"] and r["ref_ms"] > 0 and r["new_ms"] > 0 for r in rows)  # HEAD's code: the same mixes
     assert json.loads(out.read_text())["rows"] == rows
+
+
+@pytest.mark.skipif(not _in_git(), reason="needs the git repository")
+def test_ab_benchmark_with_backward_compares_gradients(tmp_path):
+    ab = load_bench("ab")
+    rows = ab.main(["--ref", "HEAD", "--methods", "cutmix:batch", "mixup:elem", "--size", "8", "--batch", "4",
+                    "--rounds", "2", "--backward", "--out", str(tmp_path / "ab.json")])
+    assert all(r["same_output"] for r in rows)  # outputs, targets and input gradients of HEAD's code
+    assert json.loads((tmp_path / "ab.json").read_text())["backward"] is True

@@ -194,11 +194,16 @@ def test_scalar_blend_backward_matches_autograd(channels_last):
     torch.testing.assert_close(x.grad, expected)
 
 
+@pytest.mark.parametrize("pairing", [[3, 0, 0, 1, 4], [3, 0, 2, 4, 1]])  # a repeated partner; a permutation
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_one_box_paste_backward_matches_autograd(channels_last):
-    from mixkit.functional.boxes import paste_boxes
+def test_one_box_paste_backward_matches_autograd(channels_last, pairing):
+    from mixkit.functional.boxes import _inverse_permutation, paste_boxes
 
-    index, box = torch.tensor([3, 0, 0, 1, 4]), torch.tensor([[1, 2, 4, 6]])
+    index, box = torch.tensor(pairing), torch.tensor([[1, 2, 4, 6]])
+    inverse = _inverse_permutation(index)  # the backward's gather path, for permutations
+    assert (inverse is None) == (len(set(pairing)) < len(pairing))
+    if inverse is not None:
+        assert torch.equal(index[inverse], torch.arange(5))
     x64 = torch.rand(5, 2, 6, 7, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda t: paste_boxes(t, index, box), (x64,))
     assert torch.autograd.gradgradcheck(lambda t: paste_boxes(t, index, box), (x64,))

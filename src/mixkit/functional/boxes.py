@@ -253,10 +253,29 @@ def paste_boxes_(x: Tensor, index: Tensor, boxes: Tensor) -> Tensor:
     return x
 
 
+def _inverse_permutation(index: Tensor) -> Tensor | None:
+    """``inverse`` with ``inverse[index[i]] = i`` if ``index`` is a permutation of
+    ``0..B-1`` on the CPU, else ``None``.
+
+    A backward that adds each row's gradient into its partner row (``index_add_``, one kernel
+    call per row on the CPU) gathers it instead when the pairing is a permutation: 3-4 times
+    faster at 32x32. The values are the same (each row receives one gradient; ``0 + v`` and
+    ``v`` differ at most in the sign of a zero).
+    """
+    n = index.shape[0]
+    if index.device.type != "cpu" or index.ndim != 1 or n == 0:
+        return None
+    counts = torch.bincount(index, minlength=n)
+    if counts.shape[0] != n or not bool(counts.eq(1).all()):
+        return None
+    return torch.empty_like(index).scatter_(0, index, torch.arange(n))
+
+
 class _BoxPaste(torch.autograd.Function):
     """One box of ``x[index]`` pasted into ``x``, with a one-pass backward: the gradient
-    copied, its box zeroed, and the box's gradient added into the partner rows (autograd's own
-    graph of the clone and the indexed assignment makes several batch-sized tensors)."""
+    copied, and its box replaced by the box's gradient added into the partner rows (gathered
+    by the inverse pairing when that is a permutation; autograd's own graph of the clone and
+    the indexed assignment makes several batch-sized tensors)."""
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, index: Tensor, spans: tuple[Span, ...]) -> Tensor:  # type: ignore[override]
@@ -270,6 +289,11 @@ class _BoxPaste(torch.autograd.Function):
     def backward(ctx: Any, g: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
         (index,) = ctx.saved_tensors
         part = _narrow(g, ctx.spans)
+        inverse = None if torch.is_grad_enabled() else _inverse_permutation(index)
+        if inverse is not None:  # each row's box gradient goes to one partner: a gather
+            grad = fresh_copy(g)
+            torch.index_select(part, 0, inverse, out=_narrow(grad, ctx.spans))
+            return grad, None, None
         zeros = torch.zeros_like(part)
         # create_graph: the out-of-place (differentiable) scatter
         inside = zeros.index_add(0, index, part) if torch.is_grad_enabled() else zeros.index_add_(0, index, part)
