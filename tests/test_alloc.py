@@ -145,3 +145,60 @@ def test_interpolate_batch_under_autograd_gives_f_interpolates_values_and_gradie
         results.append((out.detach(), out.stride(), x.grad))
     (a, sa, ga), (b, sb, gb) = results
     assert torch.equal(a, b) and sa == sb and torch.equal(ga, gb) and ga.stride() == gb.stride()
+
+
+@pytest.fixture
+def empty_pool():
+    alloc.release_blocks()
+    yield
+    alloc.release_blocks()
+
+
+@needs_thp
+def test_a_freed_block_is_kept_and_reused_once_its_last_view_is_gone(tiny_threshold, empty_pool):
+    t = alloc.fresh((64, 1024), torch.float32)  # 256 KB: a 2 MiB block
+    ptr, view = t.data_ptr(), t[3:]
+    t.fill_(7.0)
+    del t
+    assert alloc.pooled_bytes() == 0  # a view still holds the block
+    del view
+    assert alloc.pooled_bytes() == 2 << 20
+    x = torch.rand(64, 1024)
+    again = alloc.fresh_copy(x)  # the kept block, old values overwritten
+    assert again.data_ptr() == ptr and torch.equal(again, x) and alloc.pooled_bytes() == 0
+
+
+@needs_thp
+def test_a_loop_that_keeps_its_last_output_maps_two_blocks(tiny_threshold, empty_pool):
+    x, y = torch.rand(8, 3, 16, 16), torch.arange(8)
+    mixup = mixkit.MixUp()
+    before = alloc._POOL_STATE["mapped"]
+    out = None
+    for step in range(6):
+        out = mixup(x, y, generator=torch.Generator().manual_seed(step)).x  # the previous output lives until here
+    assert alloc._POOL_STATE["mapped"] - before == 2
+    assert _is_mapped(out)
+
+
+@needs_thp
+def test_pool_limit_and_release(tiny_threshold, empty_pool):
+    alloc.set_pool_limit(0)
+    try:
+        t = alloc.fresh((16,), torch.float32)
+        del t
+        assert alloc.pooled_bytes() == 0  # nothing kept
+        alloc.set_pool_limit(4 << 20)
+        blocks = [alloc.fresh((16,), torch.float32) for _ in range(3)]
+        del blocks
+        assert alloc.pooled_bytes() == 4 << 20  # POOL_PER_SIZE (2) blocks of 2 MiB
+        alloc.set_pool_limit(2 << 20)  # below what is kept: all unmapped
+        assert alloc.pooled_bytes() == 0
+        t = alloc.fresh((16,), torch.float32)
+        del t
+        mixkit.functional.release_scratch()
+        assert alloc.pooled_bytes() == 0
+    finally:
+        alloc.set_pool_limit(1 << 30)
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="nbytes"):
+            alloc.set_pool_limit(bad)

@@ -4,7 +4,7 @@ They take explicit params (indices, lambdas, boxes, masks) and never draw random
 except the ``sample_*`` functions, which take a ``generator``.
 """
 
-from mixkit.functional import _slic
+from mixkit.functional import _slic, alloc
 from mixkit.functional.blend import bc_plus_blend, blend, blend_, gather_rows_scratch, mask_blend, release_blend_scratch
 from mixkit.functional.boxes import box_fraction, box_mask, paste_boxes, paste_boxes_, paste_resized, sample_cut_boxes
 from mixkit.functional.fourier import binarise_mask, fourier_noise
@@ -30,6 +30,8 @@ __all__ = [
 def release_scratch() -> None:
     """Free every buffer this thread keeps for reuse across calls: the in-place methods'
     partner rows, the float32 scratch of half-precision blends and the superpixel (SLIC)
-    workspace. They are made again when next needed."""
+    workspace; and the freed large output blocks kept for reuse (every thread's:
+    :func:`mixkit.functional.alloc.release_blocks`). They are made again when next needed."""
     release_blend_scratch()
     _slic.release_workspace()
+    alloc.release_blocks()

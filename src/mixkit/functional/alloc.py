@@ -9,11 +9,19 @@ batch (77 MB) that is about 19,000 faults, which cost several times the copy its
 :func:`fresh` allocates blocks above that size with ``mmap`` and asks the kernel for
 transparent huge pages (``madvise(MADV_HUGEPAGE)``: 2 MB pages, so about 40 faults), the
 same thing torch's ``THP_MEM_ALLOC_ENABLE=1`` does for every allocation of the process, but
-only for mixkit's own large outputs. The memory is freed when the tensor is. Such a tensor
-behaves as any other, except that its storage cannot be resized (``resize_`` to a larger
-size raises). Smaller blocks, other devices, systems without ``MADV_HUGEPAGE``, and
-``MIXKIT_HUGE_PAGES=0`` in the environment (or :func:`set_huge_pages`) use ``torch.empty``.
-Values never depend on the allocation: only the time does.
+only for mixkit's own large outputs.
+
+When the last tensor on such a block is freed, the block is kept for the next output of the
+same size (a training loop mixes batches of one shape, so each call after the first two
+reuses a block whose pages are already mapped: no faults, and no zeroing by the kernel, which
+is most of what even huge pages cost). At most :data:`POOL_PER_SIZE` blocks per size and
+:func:`pool_limit` bytes in all are kept; :func:`release_blocks` (or
+:func:`mixkit.functional.release_scratch`) unmaps them.
+
+Such a tensor behaves as any other, except that its storage cannot be resized (``resize_``
+to a larger size raises). Smaller blocks, other devices, systems without ``MADV_HUGEPAGE``,
+and ``MIXKIT_HUGE_PAGES=0`` in the environment (or :func:`set_huge_pages`) use
+``torch.empty``. Values never depend on the allocation: only the time does.
 """
 
 from __future__ import annotations
@@ -22,18 +30,114 @@ import math
 import mmap
 import os
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from mixkit.functional.layout import from_memory, memory_order
 
-__all__ = ["HUGE_PAGE_MIN_BYTES", "fresh", "fresh_copy", "fresh_like", "huge_pages_enabled", "is_large", "set_huge_pages"]
+__all__ = [
+    "HUGE_PAGE_MIN_BYTES",
+    "POOL_PER_SIZE",
+    "fresh",
+    "fresh_copy",
+    "fresh_like",
+    "huge_pages_enabled",
+    "is_large",
+    "pool_limit",
+    "pooled_bytes",
+    "release_blocks",
+    "set_huge_pages",
+    "set_pool_limit",
+]
 
 #: blocks above this size (glibc's largest mmap threshold on 64-bit systems: the blocks it
 #: always maps afresh) are allocated with huge pages
 HUGE_PAGE_MIN_BYTES = 32 << 20
 
 _STATE = {"enabled": os.environ.get("MIXKIT_HUGE_PAGES", "1") != "0" and hasattr(mmap, "MADV_HUGEPAGE")}
+
+
+#: freed blocks kept per size (a loop's output is usually alive while the next is made: two
+#: blocks then serve it without new mappings)
+POOL_PER_SIZE = 2
+#: the size class of a block: whole 2 MiB huge pages
+_BLOCK_ROUND = 2 << 20
+
+_POOL: dict[int, list[mmap.mmap]] = {}
+_POOL_STATE = {"limit": int(os.environ.get("MIXKIT_BLOCK_POOL_MB", "1024")) << 20, "bytes": 0, "mapped": 0}
+
+
+class _Lease(np.ndarray):
+    """The byte array a pooled tensor is made from (``torch.frombuffer`` keeps it alive as long
+    as the tensor's storage lives): when it is freed, its block goes back to the pool."""
+
+    def __del__(self) -> None:
+        block = self.__dict__.pop("block", None)  # views numpy makes of it carry no block
+        if block is not None:
+            try:
+                _give_back(block)
+            except Exception:  # noqa: BLE001 - interpreter shutdown: the block is simply unmapped
+                pass
+
+
+def _give_back(block: mmap.mmap) -> None:
+    size = len(block)
+    kept = _POOL.setdefault(size, [])
+    if len(kept) < POOL_PER_SIZE and _POOL_STATE["bytes"] + size <= _POOL_STATE["limit"]:
+        kept.append(block)
+        _POOL_STATE["bytes"] += size
+
+
+def _take(size: int) -> mmap.mmap:
+    """A block of ``size`` bytes (a multiple of 2 MiB): a kept one, else a new mapping."""
+    kept = _POOL.get(size)
+    if kept:
+        try:
+            block = kept.pop()
+        except IndexError:  # another thread took the last one
+            pass
+        else:
+            _POOL_STATE["bytes"] -= size
+            return block
+    block = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    _POOL_STATE["mapped"] += 1  # blocks mapped so far (tests count them)
+    try:
+        block.madvise(mmap.MADV_HUGEPAGE)
+    except OSError:  # THP unsupported here: still a valid block of ordinary pages
+        pass
+    return block
+
+
+def release_blocks() -> None:
+    """Unmap every kept block (they are mapped again when next needed)."""
+    for kept in list(_POOL.values()):
+        while kept:
+            try:
+                block = kept.pop()
+            except IndexError:
+                break
+            _POOL_STATE["bytes"] -= len(block)
+            block.close()
+
+
+def pooled_bytes() -> int:
+    """Bytes of freed blocks kept for reuse."""
+    return _POOL_STATE["bytes"]
+
+
+def pool_limit() -> int:
+    """The most bytes of freed blocks kept (default 1 GiB, or ``MIXKIT_BLOCK_POOL_MB``)."""
+    return _POOL_STATE["limit"]
+
+
+def set_pool_limit(nbytes: int) -> None:
+    """Keep at most ``nbytes`` of freed blocks (0: keep none); blocks above it are unmapped."""
+    if not isinstance(nbytes, int) or isinstance(nbytes, bool) or nbytes < 0:
+        raise ValueError(f"nbytes must be an int >= 0, got {nbytes!r}")
+    _POOL_STATE["limit"] = nbytes
+    if _POOL_STATE["bytes"] > nbytes:
+        release_blocks()
 
 
 def huge_pages_enabled() -> bool:
@@ -49,7 +153,8 @@ def set_huge_pages(enabled: bool) -> None:
 
 def fresh(shape: tuple[int, ...] | torch.Size, dtype: torch.dtype, device: torch.device | str = "cpu") -> Tensor:
     """An uninitialised contiguous tensor; on the CPU above :data:`HUGE_PAGE_MIN_BYTES`,
-    backed by memory advised for transparent huge pages.
+    backed by memory advised for transparent huge pages (a kept block when one of its size
+    is free).
 
     Example:
         >>> fresh((2, 3), torch.float32).shape
@@ -60,12 +165,10 @@ def fresh(shape: tuple[int, ...] | torch.Size, dtype: torch.dtype, device: torch
     nbytes = n * dtype.itemsize
     if not (_STATE["enabled"] and device.type == "cpu" and nbytes > HUGE_PAGE_MIN_BYTES):
         return torch.empty(shape, dtype=dtype, device=device)
-    block = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    try:
-        block.madvise(mmap.MADV_HUGEPAGE)
-    except OSError:  # THP unsupported here: still a valid block of ordinary pages
-        pass
-    return torch.frombuffer(block, dtype=dtype, count=n).view(shape)
+    block = _take(-(-nbytes // _BLOCK_ROUND) * _BLOCK_ROUND)
+    lease = np.frombuffer(block, dtype=np.uint8, count=nbytes).view(_Lease)
+    lease.block = block
+    return torch.frombuffer(lease, dtype=dtype, count=n).view(shape)
 
 
 def fresh_like(t: Tensor) -> Tensor:

@@ -65,6 +65,30 @@ def uniform_value(lam: Tensor | float) -> float | None:
 
 
 _HALF = (torch.float16, torch.bfloat16)
+#: elements per sample from which a CPU blend runs one ``lerp`` per row, straight from the
+#: sample and its partner into the output (below it, the per-call cost of B kernels exceeds
+#: the saved pass over a gathered copy of the partners)
+ROW_LERP_MIN = 1 << 15
+
+
+def _row_wise(view: Tensor) -> bool:
+    """Whether :func:`_lerp_rows` is the faster way to blend ``view``."""
+    return view.device.type == "cpu" and view.ndim > 1 and view[0].numel() >= ROW_LERP_MIN
+
+
+def _lerp_rows(view: Tensor, index: Tensor, lam: Tensor | float) -> Tensor:
+    """``lerp(view[index[b]], view[b], lam[b])`` for each row ``b``, into a fresh contiguous
+    tensor: one kernel per row, reading the sample and its partner where they are (no gathered
+    copy of the partners: a pass over the batch fewer). Each row's weight is a scalar, which
+    the kernel applies in the precision the batched forms use (float32 for half inputs: the
+    same values bit for bit)."""
+    b = view.shape[0]
+    out = fresh(tuple(view.shape), view.dtype, view.device)
+    weights = lam.tolist() if isinstance(lam, Tensor) else [float(lam)] * b
+    rows, outs = view.unbind(0), out.unbind(0)
+    for row, (partner, w) in enumerate(zip(index.tolist(), weights)):
+        torch.lerp(rows[partner], rows[row], w, out=outs[row])
+    return out
 #: elements of float32 scratch per chunk when half-precision rows are blended with their own
 #: weights (1 MiB: the temporaries stay in the caches, and small batches take one or two chunks)
 _HALF_CHUNK = 1 << 18
@@ -99,7 +123,9 @@ def blend(x: Tensor, index: Tensor, lam: Tensor | float, *, check_uniform: bool 
         return _RowBlend.apply(x, index.to(x.device), lam.to(x.device))
     # below, autograd sees x only together with a learned lambda (lam_grad); otherwise the
     # gathered partners, a temporary, hold the result
-    if value is not None:
+    if not lam_grad and _row_wise(view):
+        out = _lerp_rows(view, index, lam if value is None else value)
+    elif value is not None:
         out = take_rows(view, index).lerp_(view, value)
     elif x.dtype in _HALF and not (torch.is_grad_enabled() and x.requires_grad):
         assert isinstance(lam, Tensor)
@@ -125,7 +151,8 @@ class _ScalarBlend(torch.autograd.Function):
         ctx.w = w
         order = memory_order(x)
         view = to_memory(x, order)
-        return match_format(from_memory(take_rows(view, index).lerp_(view, w), order), x)
+        out = _lerp_rows(view, index, w) if _row_wise(view) else take_rows(view, index).lerp_(view, w)
+        return match_format(from_memory(out, order), x)
 
     @staticmethod
     def backward(ctx: Any, g: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
@@ -147,7 +174,9 @@ class _RowBlend(torch.autograd.Function):
         ctx.save_for_backward(index, w)
         order = memory_order(x)
         view = to_memory(x, order)
-        if x.dtype in _HALF:
+        if _row_wise(view):
+            out = _lerp_rows(view, index, lam)
+        elif x.dtype in _HALF:
             out = _blend_half_rows(view, index, lam)
         else:
             out = take_rows(view, index).lerp_(view, to_memory(w, order))

@@ -20,6 +20,7 @@ from torch import Tensor
 from mixkit import rng
 from mixkit.functional.alloc import fresh_copy
 from mixkit.functional.blend import (
+    _row_wise,
     broadcasts_to,
     from_memory,
     gather_rows,
@@ -216,7 +217,8 @@ def paste_boxes(x: Tensor, index: Tensor, boxes: Tensor) -> Tensor:
     One box for the batch: a copy of ``x`` and one gather of the partners' region; one box per
     sample: the partners gathered, then ``x`` written back outside the boxes in one pass (a
     ``lerp`` whose 0/1 weight is built from per-axis profiles; ``torch.where`` for integer
-    images). Works in the input's memory order, so channels_last stays channels_last.
+    images), or, for large samples on the CPU, a copy of ``x`` and one copy per box from its
+    partner. Works in the input's memory order, so channels_last stays channels_last.
     """
     order, view, index, spans = _paste_setup(x, index, boxes)
     if spans is not None:
@@ -225,8 +227,24 @@ def paste_boxes(x: Tensor, index: Tensor, boxes: Tensor) -> Tensor:
         out = fresh_copy(view)
         _copy_box_rows(out, view, index, spans)
         return match_format(from_memory(out, order), x)
+    if _row_wise(view) and not (torch.is_grad_enabled() and x.requires_grad):
+        out = fresh_copy(view)
+        for row, partner, spans in _row_boxes(index, boxes, x.ndim - 2, order):
+            _narrow(out[row], spans).copy_(_narrow(view[partner], spans))
+        return match_format(from_memory(out, order), x)
     partner = take_rows(view, index)
     return match_format(from_memory(_paste_into(view, partner, boxes, order), order), x)
+
+
+def _row_boxes(index: Tensor, boxes: Tensor, d: int, order: tuple[int, ...] | None) -> list[tuple[int, int, tuple[Span, ...]]]:
+    """``(row, partner, spans)`` of each non-empty box of a box per sample, the spans along the
+    dims of one sample (of its memory-order view when ``order`` is given)."""
+    rows = []
+    for row, (partner, box) in enumerate(zip(index.tolist(), boxes.tolist())):
+        spans = tuple((dim - 1, start, length) for dim, start, length in _spans(box, d, order))
+        if all(length > 0 for _, _, length in spans):
+            rows.append((row, partner, spans))
+    return rows
 
 
 def paste_boxes_(x: Tensor, index: Tensor, boxes: Tensor) -> Tensor:
@@ -245,6 +263,12 @@ def paste_boxes_(x: Tensor, index: Tensor, boxes: Tensor) -> Tensor:
         return x
     if not view.is_contiguous():
         return x.copy_(paste_boxes(x, index, boxes))
+    if _row_wise(view):  # each partner's box is copied out before any box is written
+        pasted = _row_boxes(index, boxes, x.ndim - 2, order)
+        crops = [_narrow(view[partner], spans).clone() for _, partner, spans in pasted]
+        for (row, _, spans), crop in zip(pasted, crops):
+            _narrow(view[row], spans).copy_(crop)
+        return x
     partner = gather_rows_scratch(view, index)
     if view.is_floating_point():
         torch.lerp(view, partner, box_weight(boxes, x.shape, view.dtype, order, view.device), out=view)

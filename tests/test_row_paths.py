@@ -1,0 +1,95 @@
+"""Large samples on the CPU are blended and pasted one row at a time (no gathered copy of the
+partners): the same values, strides and gradients as the batched forms.
+
+The row paths start at ``blend.ROW_LERP_MIN`` elements per sample (a 3 x 105 x 105 image);
+here the threshold is patched to 1 so that small batches take them, and compared with the
+batched forms (threshold out of reach).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+import torch
+
+import mixkit
+
+blend_mod = importlib.import_module("mixkit.functional.blend")  # the module; the package exports the function
+
+DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
+
+
+def _batch(dtype: torch.dtype, channels_last: bool) -> torch.Tensor:
+    x = torch.rand(7, 3, 9, 11, generator=torch.Generator().manual_seed(0))
+    x = (x * 255).round().to(dtype) if not dtype.is_floating_point else x.to(dtype)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def _both(monkeypatch, run):
+    """``run()`` through the batched forms, then through the row paths."""
+    monkeypatch.setattr(blend_mod, "ROW_LERP_MIN", 1 << 60)
+    batched = run()
+    monkeypatch.setattr(blend_mod, "ROW_LERP_MIN", 1)
+    return batched, run()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("lam", ["one", "per row", "ends"])
+def test_blend_row_path_equals_the_batched_blend(dtype, channels_last, lam, monkeypatch):
+    x = _batch(dtype, channels_last)
+    index = torch.tensor([3, 0, 0, 6, 1, 2, 5])  # a repeated partner, and a row paired with itself (5)
+    weights = {"one": 0.3, "per row": torch.rand(7, dtype=torch.float64, generator=torch.Generator().manual_seed(1)),
+               "ends": torch.tensor([0.0, 1.0, 0.5, 0.0, 1.0, 0.25, 0.75], dtype=torch.float64)}[lam]
+    batched, rows = _both(monkeypatch, lambda: blend_mod.blend(x, index, weights))
+    assert torch.equal(rows, batched) and rows.stride() == batched.stride() and rows.dtype == x.dtype
+    if lam == "ends":  # exact at 0 and 1
+        assert torch.equal(rows[0], x[3]) and torch.equal(rows[1], x[1])
+
+
+@pytest.mark.parametrize("name", ["mixup", "cutmix"])
+@pytest.mark.parametrize("mode", ["batch", "elem"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.uint8])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("p", [1.0, 0.5])
+def test_methods_give_the_same_mix_on_the_row_paths(name, mode, dtype, channels_last, p, monkeypatch):
+    if name == "mixup" and dtype == torch.uint8:
+        pytest.skip("Mixup blends: float inputs only")
+    x, y = _batch(dtype, channels_last), torch.arange(7)
+
+    def run():
+        out = mixkit.create(name, mode=mode, p=p)(x, y, generator=torch.Generator().manual_seed(2))
+        own = x.clone()
+        inplace = mixkit.create(name, mode=mode, p=p, inplace=True)(own, y, generator=torch.Generator().manual_seed(2))
+        assert inplace.x is own
+        return out.x, own
+
+    (batched, batched_inplace), (rows, rows_inplace) = _both(monkeypatch, run)
+    assert torch.equal(rows, batched) and rows.stride() == batched.stride()
+    assert torch.equal(rows_inplace, batched) and torch.equal(batched_inplace, batched)
+    if p == 1.0:
+        assert not torch.equal(rows, x)  # something was mixed
+
+
+@pytest.mark.parametrize("name", ["mixup", "cutmix"])
+@pytest.mark.parametrize("mode", ["batch", "elem"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gradients_are_the_same_on_the_row_paths(name, mode, dtype, monkeypatch):
+    x0 = _batch(dtype, False)
+    upstream = torch.rand(7, 3, 9, 11, generator=torch.Generator().manual_seed(3)).to(dtype)
+
+    def run():
+        x = x0.clone().requires_grad_()
+        out = mixkit.create(name, mode=mode)(x, torch.arange(7), generator=torch.Generator().manual_seed(4)).x
+        (out * upstream).sum().backward()
+        return out.detach(), x.grad
+
+    (out_a, grad_a), (out_b, grad_b) = _both(monkeypatch, run)
+    assert torch.equal(out_a, out_b) and torch.equal(grad_a, grad_b)
+
+
+def test_the_row_paths_start_at_large_samples():
+    assert blend_mod._row_wise(torch.empty(2, 3, 105, 105))  # 33,075 elements per sample
+    assert not blend_mod._row_wise(torch.empty(128, 3, 64, 64))
+    assert not blend_mod._row_wise(torch.empty(2, 3, 105, 105, device="meta"))  # CPU only
