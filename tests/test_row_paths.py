@@ -93,3 +93,24 @@ def test_the_row_paths_start_at_large_samples():
     assert blend_mod._row_wise(torch.empty(2, 3, 105, 105))  # 33,075 elements per sample
     assert not blend_mod._row_wise(torch.empty(128, 3, 64, 64))
     assert not blend_mod._row_wise(torch.empty(2, 3, 105, 105, device="meta"))  # CPU only
+
+
+@pytest.mark.parametrize("name", ["fmix", "gmix", "smoothmix", "gridmix", "mixed_example"])
+@pytest.mark.parametrize("mode", ["batch", "elem"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.uint8])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_mask_methods_give_the_same_mix_on_the_row_paths(name, mode, dtype, channels_last, monkeypatch):
+    info = mixkit.method_info(name)
+    x, y = _batch(dtype, channels_last), torch.arange(7)
+    options = {"mode": mode} if "mode" in info.defaults else {}
+    if mode == "elem" and "mode" not in info.defaults:
+        pytest.skip(f"{name} has no per-sample mode")
+    method = mixkit.create(name, **options)
+    if dtype == torch.uint8 and method.needs_float:
+        pytest.skip(f"{name} blends: float inputs only")
+
+    def run():
+        return method(x, y, generator=torch.Generator().manual_seed(5)).x
+
+    batched, rows = _both(monkeypatch, run)
+    assert torch.equal(rows, batched) and rows.stride() == batched.stride()

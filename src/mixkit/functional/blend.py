@@ -352,8 +352,31 @@ def mask_blend(x: Tensor, index: Tensor, mask: Tensor) -> Tensor:
     """
     order = memory_order(x)
     view = to_memory(x, order)
+    if _row_wise(view) and not (torch.is_grad_enabled() and (x.requires_grad or mask.requires_grad)):
+        return match_format(from_memory(_select_rows(view, index, to_memory(mask, order)), order), x)
     partner = take_rows(view, index)
     return match_format(from_memory(_select(view, partner, to_memory(mask, order), into=True), order), x)
+
+
+def _select_rows(view: Tensor, index: Tensor, mask: Tensor) -> Tensor:
+    """:func:`_select` of each row and its partner ``view[index[b]]``, one kernel per row into a
+    fresh tensor (the partners are read where they are; the same kernels and weights, so the
+    same values)."""
+    mask = mask.to(view.device)
+    out = fresh(tuple(view.shape), view.dtype, view.device)
+    rows, outs = view.unbind(0), out.unbind(0)
+    if mask.dtype == torch.bool and not view.is_floating_point():
+        weights = mask.unbind(0)
+        for row, partner in enumerate(index.tolist()):
+            torch.where(weights[row if len(weights) > 1 else 0], rows[row], rows[partner], out=outs[row])
+        return out
+    weight = mask.to(view.dtype)
+    if weight.ndim == view.ndim and weight.shape[-1] == 1 and view.shape[-1] > 1:
+        weight = weight.expand(weight.shape[:-1] + view.shape[-1:]).contiguous()
+    weights = weight.unbind(0)
+    for row, partner in enumerate(index.tolist()):
+        torch.lerp(rows[partner], rows[row], weights[row if len(weights) > 1 else 0], out=outs[row])
+    return out
 
 
 def select_by_mask(x: Tensor, partner: Tensor, mask: Tensor) -> Tensor:
