@@ -230,21 +230,30 @@ def paste_boxes(x: Tensor, index: Tensor, boxes: Tensor) -> Tensor:
     if _row_wise(view) and not (torch.is_grad_enabled() and x.requires_grad):
         out = fresh_copy(view)
         for row, partner, spans in _row_boxes(index, boxes, x.ndim - 2, order):
-            _narrow(out[row], spans).copy_(_narrow(view[partner], spans))
+            _row_box(out, row, spans).copy_(_row_box(view, partner, spans))
         return match_format(from_memory(out, order), x)
     partner = take_rows(view, index)
     return match_format(from_memory(_paste_into(view, partner, boxes, order), order), x)
 
 
 def _row_boxes(index: Tensor, boxes: Tensor, d: int, order: tuple[int, ...] | None) -> list[tuple[int, int, tuple[Span, ...]]]:
-    """``(row, partner, spans)`` of each non-empty box of a box per sample, the spans along the
-    dims of one sample (of its memory-order view when ``order`` is given)."""
+    """``(row, partner, spans)`` of each non-empty box of a box per sample (the spans of the
+    batch's memory-order view when ``order`` is given)."""
     rows = []
     for row, (partner, box) in enumerate(zip(index.tolist(), boxes.tolist())):
-        spans = tuple((dim - 1, start, length) for dim, start, length in _spans(box, d, order))
+        spans = _spans(box, d, order)
         if all(length > 0 for _, _, length in spans):
             rows.append((row, partner, spans))
     return rows
+
+
+def _row_box(t: Tensor, row: int, spans: Sequence[Span]) -> Tensor:
+    """``_narrow(t[row:row + 1], spans)[0]`` in one ``as_strided`` (a third of the calls)."""
+    size, offset = list(t.shape[1:]), t.storage_offset() + row * t.stride(0)
+    for dim, start, length in spans:
+        size[dim - 1] = length
+        offset += start * t.stride(dim)
+    return t.as_strided(size, t.stride()[1:], offset)
 
 
 def paste_boxes_(x: Tensor, index: Tensor, boxes: Tensor) -> Tensor:
@@ -265,9 +274,9 @@ def paste_boxes_(x: Tensor, index: Tensor, boxes: Tensor) -> Tensor:
         return x.copy_(paste_boxes(x, index, boxes))
     if _row_wise(view):  # each partner's box is copied out before any box is written
         pasted = _row_boxes(index, boxes, x.ndim - 2, order)
-        crops = [_narrow(view[partner], spans).clone() for _, partner, spans in pasted]
+        crops = [_row_box(view, partner, spans).clone() for _, partner, spans in pasted]
         for (row, _, spans), crop in zip(pasted, crops):
-            _narrow(view[row], spans).copy_(crop)
+            _row_box(view, row, spans).copy_(crop)
         return x
     partner = gather_rows_scratch(view, index)
     if view.is_floating_point():
