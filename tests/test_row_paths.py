@@ -114,3 +114,22 @@ def test_mask_methods_give_the_same_mix_on_the_row_paths(name, mode, dtype, chan
 
     batched, rows = _both(monkeypatch, run)
     assert torch.equal(rows, batched) and rows.stride() == batched.stride()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.uint8])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_resizemix_rows_give_the_batch_modes_resize(dtype, channels_last, monkeypatch):
+    """Per sample, each partner is resized with F.interpolate, as batch mode does: the same values
+    as ResizeMix batch mode applied to that sample alone (within rounding of the grid_sample form)."""
+    x, y = _batch(dtype, channels_last), torch.arange(7)
+    method = mixkit.create("resizemix", mode="elem", p=0.7)
+    grid, rows = _both(monkeypatch, lambda: method(x, y, generator=torch.Generator().manual_seed(6)))
+    assert rows.x.stride() == grid.x.stride() and torch.equal(rows.params.boxes, grid.params.boxes)
+    tol = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.uint8: 1}[dtype]
+    torch.testing.assert_close(rows.x.float(), grid.x.float(), atol=tol, rtol=0)
+    batch_mode = mixkit.create("resizemix")
+    for i, (partner, box) in enumerate(zip(rows.params.index.tolist(), rows.params.boxes)):
+        pair = torch.stack([x[i], x[partner]])
+        one = batch_mode.apply(pair, type(rows.params)(index=torch.tensor([1, 1]), lam=rows.params.lam[i : i + 1].expand(2),
+                                                      boxes=box.unsqueeze(0)))
+        assert torch.equal(rows.x[i], one[0])
