@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 import mmap
 import os
+import threading
 
 import numpy as np
 import torch
@@ -65,6 +66,9 @@ POOL_PER_SIZE = 2
 _BLOCK_ROUND = 2 << 20
 
 _POOL: dict[int, list[mmap.mmap]] = {}
+#: re-entrant: a block may come back (a tensor freed by the garbage collector) while this
+#: thread holds the lock
+_POOL_LOCK = threading.RLock()
 _POOL_STATE = {"limit": int(os.environ.get("MIXKIT_BLOCK_POOL_MB", "1024")) << 20, "bytes": 0, "mapped": 0}
 
 
@@ -83,23 +87,20 @@ class _Lease(np.ndarray):
 
 def _give_back(block: mmap.mmap) -> None:
     size = len(block)
-    kept = _POOL.setdefault(size, [])
-    if len(kept) < POOL_PER_SIZE and _POOL_STATE["bytes"] + size <= _POOL_STATE["limit"]:
-        kept.append(block)
-        _POOL_STATE["bytes"] += size
+    with _POOL_LOCK:
+        kept = _POOL.setdefault(size, [])
+        if len(kept) < POOL_PER_SIZE and _POOL_STATE["bytes"] + size <= _POOL_STATE["limit"]:
+            kept.append(block)
+            _POOL_STATE["bytes"] += size
 
 
 def _take(size: int) -> mmap.mmap:
     """A block of ``size`` bytes (a multiple of 2 MiB): a kept one, else a new mapping."""
-    kept = _POOL.get(size)
-    if kept:
-        try:
-            block = kept.pop()
-        except IndexError:  # another thread took the last one
-            pass
-        else:
+    with _POOL_LOCK:
+        kept = _POOL.get(size)
+        if kept:
             _POOL_STATE["bytes"] -= size
-            return block
+            return kept.pop()
     block = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     _POOL_STATE["mapped"] += 1  # blocks mapped so far (tests count them)
     try:
@@ -111,14 +112,15 @@ def _take(size: int) -> mmap.mmap:
 
 def release_blocks() -> None:
     """Unmap every kept block (they are mapped again when next needed)."""
-    for kept in list(_POOL.values()):
-        while kept:
-            try:
-                block = kept.pop()
-            except IndexError:
-                break
-            _POOL_STATE["bytes"] -= len(block)
+    with _POOL_LOCK:
+        blocks = [block for kept in _POOL.values() for block in kept]
+        _POOL.clear()
+        _POOL_STATE["bytes"] = 0
+    for block in blocks:
+        try:
             block.close()
+        except BufferError:  # its last array is being freed this instant: unmapped with it
+            pass
 
 
 def pooled_bytes() -> int:
