@@ -202,3 +202,28 @@ def test_pool_limit_and_release(tiny_threshold, empty_pool):
     for bad in (-1, 1.5, True):
         with pytest.raises(ValueError, match="nbytes"):
             alloc.set_pool_limit(bad)
+
+
+@needs_thp
+def test_pooled_blocks_across_threads_never_share_memory(tiny_threshold, empty_pool):
+    import threading
+
+    failures = []
+
+    def work(seed):
+        x = torch.rand(64, 1024, generator=torch.Generator().manual_seed(seed))
+        kept = []
+        for _ in range(30):
+            copy = alloc.fresh_copy(x)
+            kept.append(copy)
+            if len(kept) > 2:
+                kept.pop(0)  # freed: its block goes back to the pool, maybe to another thread
+            if not all(torch.equal(k, x) for k in kept):
+                failures.append(seed)
+
+    threads = [threading.Thread(target=work, args=(s,)) for s in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not failures
