@@ -54,15 +54,24 @@ def _tensors(result):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("lam", ["one", "per row", "ends"])
-def test_blend_row_path_equals_the_batched_blend(dtype, channels_last, lam, monkeypatch):
+@pytest.mark.parametrize("pairing", [[3, 0, 0, 6, 1, 2, 5], [3, 1, 5, 0, 6, 2, 4]])  # repeats; a permutation
+def test_blend_row_path_equals_the_batched_blend(dtype, channels_last, lam, pairing, monkeypatch):
+    """Out of place, and in place (cycle by cycle for a permutation, with a self-pair)."""
     x = _batch(dtype, channels_last)
-    index = torch.tensor([3, 0, 0, 6, 1, 2, 5])  # a repeated partner, and a row paired with itself (5)
+    index = torch.tensor(pairing)
     weights = {"one": 0.3, "per row": torch.rand(7, dtype=torch.float64, generator=torch.Generator().manual_seed(1)),
                "ends": torch.tensor([0.0, 1.0, 0.5, 0.0, 1.0, 0.25, 0.75], dtype=torch.float64)}[lam]
-    batched, rows = _both(monkeypatch, lambda: blend_mod.blend(x, index, weights))
+
+    def run():
+        own = x.clone()
+        assert blend_mod.blend_(own, index, weights) is own
+        return blend_mod.blend(x, index, weights), own
+
+    (batched, batched_inplace), (rows, rows_inplace) = _both(monkeypatch, run)
     assert torch.equal(rows, batched) and rows.stride() == batched.stride() and rows.dtype == x.dtype
+    assert torch.equal(rows_inplace, batched) and torch.equal(batched_inplace, batched)
     if lam == "ends":  # exact at 0 and 1
-        assert torch.equal(rows[0], x[3]) and torch.equal(rows[1], x[1])
+        assert torch.equal(rows[0], x[pairing[0]]) and torch.equal(rows[1], x[1])
 
 
 @pytest.mark.parametrize("name", ["mixup", "cutmix"])

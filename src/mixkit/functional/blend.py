@@ -96,6 +96,32 @@ def _lerp_rows(view: Tensor, index: Tensor, lam: Tensor | float) -> Tensor:
     return out
 
 
+def _lerp_cycles_(view: Tensor, partners: list[int], lam: Tensor | float) -> None:
+    """:func:`_lerp_rows` written into ``view`` when ``partners`` is a permutation: along each
+    cycle a row is overwritten before its partner (the next row of the cycle) is, and the
+    cycle's first row, which the last one needs, is kept aside first. One row of scratch
+    instead of a gathered copy of the batch, and each partner is read from the cache just
+    before its own turn."""
+    weights = lam.tolist() if isinstance(lam, Tensor) else [float(lam)] * len(partners)
+    rows = view.unbind(0)
+    first = torch.empty_like(rows[0])
+    seen = [False] * len(partners)
+    for start in range(len(partners)):
+        if seen[start]:
+            continue
+        if partners[start] != start:
+            first.copy_(rows[start])
+        row = start
+        while True:
+            seen[row] = True
+            partner = partners[row]
+            source = first if partner == start and row != start else rows[partner]
+            torch.lerp(source, rows[row], weights[row], out=rows[row])
+            row = partner
+            if row == start:
+                break
+
+
 def chain_order(partners: Sequence[int]) -> list[int]:
     """Every row once, each followed by its partner where that is not yet visited (a
     permutation's cycles in turn): a row blended right after serving as the previous row's
@@ -320,6 +346,11 @@ def blend_(x: Tensor, index: Tensor, lam: Tensor | float) -> Tensor:
     view = to_memory(x, order)
     if not view.is_contiguous():
         return x.copy_(blend(x, index, lam))
+    if _row_wise(view):
+        partners_list = index.tolist()
+        if sorted(partners_list) == list(range(view.shape[0])):  # a permutation: cycle by cycle
+            _lerp_cycles_(view, partners_list, lam)
+            return x
     partners = gather_rows_scratch(view, index)
     value = uniform_value(lam)
     if value is not None:
