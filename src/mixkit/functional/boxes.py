@@ -247,6 +247,25 @@ def paste_boxes(x: Tensor, index: Tensor, boxes: Tensor) -> Tensor:
     return match_format(from_memory(_paste_into(view, partner, boxes, order), order), x)
 
 
+def _copy_box_cycles_(view: Tensor, partners: list[int], spans: Sequence[Span]) -> None:
+    """The partners' box copied over each row's box in place, ``partners`` a permutation: along
+    each cycle a box is overwritten before its partner's is, the cycle's first box (which the
+    last row needs) kept aside. One pass over the boxes instead of a gather and a copy back."""
+    first = torch.empty_like(_row_box(view, 0, spans))
+    for start in range(len(partners)):
+        if partners[start] == start or partners[start] < 0:
+            continue  # paired with itself (or a cycle already done: marked below)
+        first.copy_(_row_box(view, start, spans))
+        row = start
+        while True:
+            partner = partners[row]
+            partners[row] = -1  # done
+            _row_box(view, row, spans).copy_(first if partner == start else _row_box(view, partner, spans))
+            row = partner
+            if row == start:
+                break
+
+
 #: bytes per sample from which a per-sample paste copies row by row, each partner's box read
 #: just before that partner's own row is copied (so from the cache): 7% faster for float32
 #: 224x224 batches here, 5% slower for bfloat16 ones (half the bytes per row)
@@ -284,6 +303,11 @@ def paste_boxes_(x: Tensor, index: Tensor, boxes: Tensor) -> Tensor:
     if torch.is_grad_enabled() and x.requires_grad:
         raise ValueError("paste_boxes_ writes into x: x may not require grad (use paste_boxes)")
     order, view, index, spans = _paste_setup(x, index, boxes)
+    if spans is not None and _row_wise(view):
+        partners = index.tolist()
+        if sorted(partners) == list(range(len(partners))):
+            _copy_box_cycles_(view, partners, spans)
+            return x
     if spans is not None:  # the box's partner rows are gathered before the box is written
         _narrow(view, spans).copy_(_gather_box(view, index, spans, scratch=True))
         return x
