@@ -146,8 +146,6 @@ def summary(rows: list[dict]) -> list[str]:
         timm = med(libs, "timm")
         if key[3] == "elem" and timm is not None:
             least = med(libs, "fresh") or med(libs, "clone") or math.inf  # one fresh batch written
-            if key[0] in BLEND_STREAMS and med(libs, "copy"):  # a blend also reads the partners: half a copy
-                least += (BLEND_STREAMS[key[0]] - 1.0) * med(libs, "copy")
             elem.append((timm / mine, name(key), timm / least))
     if not compared:
         return []
@@ -172,18 +170,17 @@ def summary(rows: list[dict]) -> list[str]:
                      + (f"; under 10x: {', '.join(f'{n} ({r:.1f}x)' for r, n, _ in short)}." if short else "."))
         bound = [(c, n) for r, n, c in short if c < 10]
         if bound:
-            lines.append("  - Out of reach out of place: an out-of-place call writes at least one fresh batch (the "
-                         "`fresh` column: mixkit's cheapest fresh copy; `clone` where a run did not record it; a "
-                         "blend also reads the partners, half a `copy` more), and there timm's `elem` takes less "
-                         "than 10 times that, so no out-of-place call can be 10 times faster (timm / that least "
-                         "cost: "
+            lines.append("  - Out of reach out of place: an out-of-place call reads the batch and writes a fresh one "
+                         "at least (the `fresh` column: mixkit's cheapest fresh copy; `clone` where a run did not "
+                         "record it), and there timm's `elem` takes less than 10 times that, so no out-of-place "
+                         "call can be 10 times faster (timm / that least cost: "
                          + ", ".join(f"{n} {c:.1f}x" for c, n in sorted(bound)) + ").")
     return lines
 
 
-#: operations whose in-place call reads two batches (each sample and its partner) and writes
-#: one: at least 1.5 times the bytes of a copy (one read, one write)
-BLEND_STREAMS = {"mixup": 1.5}
+#: operations whose in-place call rewrites every sample (a blend): at least the bytes of a copy
+#: (one read and one write of the batch); a paste rewrites only its boxes
+WHOLE_BATCH_OPS = ("mixup",)
 
 
 def _inplace_elem(table: dict, med: Callable, name: Callable) -> list[str]:
@@ -191,18 +188,18 @@ def _inplace_elem(table: dict, med: Callable, name: Callable) -> list[str]:
     keys = [key for key, libs in table.items()
             if key[3] == "elem" and med(libs, "mixkit_inplace") and med(libs, "timm_inplace")]
     rows = [(med(table[key], "timm_inplace") / med(table[key], "mixkit_inplace"), name(key),
-             med(table[key], "timm_inplace") / (BLEND_STREAMS[key[0]] * (med(table[key], "copy") or math.inf))
-             if key[0] in BLEND_STREAMS else math.inf) for key in keys]
+             med(table[key], "timm_inplace") / (med(table[key], "copy") or math.inf)
+             if key[0] in WHOLE_BATCH_OPS else math.inf) for key in keys]
     if not rows:
         return []
     bound = sorted((c, n) for r, n, c in rows if r < 10 and c < 10)
     return [f"- Per-sample mode in place (both libraries in place): **{sum(r >= 10 for r, _, _ in rows)} of {len(rows)}**"
             " rows at least 10 times faster than timm's `elem` ("
             + ", ".join(f"{n} {r:.1f}x" for r, n, _ in sorted(rows)) + ")."
-            + ("" if not bound else " A blend in place reads every sample and its partner and writes the result: "
-               "at least 1.5 times the bytes of the `copy` column (one read and one write of the batch, into a "
-               "tensor of its own), and that is less than a tenth of timm's time there (timm in place / "
-               "(1.5 x copy): " + ", ".join(f"{n} {c:.1f}x" for c, n in bound) + ").")]
+            + ("" if not bound else " A blend in place reads and rewrites every sample: at least the bytes of the "
+               "`copy` column (one read and one write of the batch, into a tensor of its own), and that is less "
+               "than a tenth of timm's time there (timm in place / copy: "
+               + ", ".join(f"{n} {c:.1f}x" for c, n in bound) + ").")]
 
 
 def others_table(rows: list[dict]) -> list[str]:
@@ -260,8 +257,9 @@ def render(result: dict) -> str:
         "",
         "timm works in place: its timed call is `Mixup(x.clone(), y)`, the out-of-place equivalent of the "
         "others; the `clone` column is `x.clone()` alone, the `fresh` column "
-        "`mixkit.functional.alloc.fresh_copy(x)`: the same copy into mixkit's own allocation (transparent huge "
-        "pages above 32 MiB, where torch's allocator maps 4 KiB pages afresh at every call). *mixkit / fastest peer* compares with the peers as "
+        "`mixkit.functional.alloc.fresh_copy(x)`: the same copy into mixkit's own allocation (above 32 MiB, "
+        "where torch's allocator maps 4 KiB pages afresh at every call: transparent huge pages, and a freed "
+        "block kept for the next output of its size, so a loop's later calls fault no pages). *mixkit / fastest peer* compares with the peers as "
         "timed (out of place). The in-place columns (forward rows of Mixup and CutMix) time mixkit built with "
         "`inplace=True` and timm each on a tensor of its own that the call overwrites, again at every call "
         "(no clone); the `copy` column beside them is `own.copy_(x)` into a tensor kept across calls (one read and "
