@@ -6,7 +6,8 @@ Usage:
 
 Three settings, each in a process of its own: ``off`` (``MIXKIT_HUGE_PAGES=0``: every tensor
 from torch's allocator, 4 KiB pages), ``mixkit`` (the default: mixkit's own outputs above 32
-MiB on transparent huge pages, :mod:`mixkit.functional.alloc`) and ``on``
+MiB on transparent huge pages, freed blocks kept for the next output of their size,
+:mod:`mixkit.functional.alloc`) and ``on``
 (``THP_MEM_ALLOC_ENABLE=1``: PyTorch's CPU allocator asks for huge pages for every tensor of 2
 MiB or more; torch reads the variable once, at its first allocation). Each process
 times, on one thread with the process's CPU clock, the median of ``--repeats`` calls of:
