@@ -14,7 +14,6 @@ import pytest
 import torch
 
 import mixkit
-
 from mixkit.functional import boxes as boxes_mod
 
 blend_mod = importlib.import_module("mixkit.functional.blend")  # the module; the package exports the function
@@ -159,3 +158,44 @@ def test_resizemix_rows_give_the_batch_modes_resize(dtype, channels_last, monkey
         one = batch_mode.apply(pair, type(rows.params)(index=torch.tensor([1, 1]), lam=rows.params.lam[i : i + 1].expand(2),
                                                       boxes=box.unsqueeze(0)))
         assert torch.equal(rows.x[i], one[0])
+
+
+@pytest.mark.parametrize("lam", [torch.tensor(0.3), torch.tensor([0.3]), "column"])
+def test_row_paths_take_any_weight_shape_the_batched_forms_take(lam, monkeypatch):
+    x, index = _batch(torch.float32, False), torch.tensor([3, 1, 5, 0, 6, 2, 4])
+    if isinstance(lam, str):
+        lam = torch.rand(7, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
+
+    def run():
+        own = x.clone()
+        blend_mod.blend_(own, index, lam)
+        return blend_mod.blend(x, index, lam), own
+
+    (a, a_inplace), (b, b_inplace) = _both(monkeypatch, run)
+    assert torch.equal(a, b) and torch.equal(a_inplace, b_inplace) and torch.equal(a, a_inplace)
+
+
+def test_row_paths_leave_bad_rows_and_boxes_to_the_batched_forms(monkeypatch):
+    """Out-of-image boxes are clipped, and short or out-of-range pairings raise, as before."""
+    from mixkit.functional.boxes import paste_boxes, paste_resized
+
+    monkeypatch.setattr(blend_mod, "ROW_LERP_MIN", 1)
+    x = _batch(torch.float32, False)
+    index = torch.tensor([1, 2, 3, 4, 5, 6, 0])
+    boxes = torch.tensor([[5, 0, 12, 4]] + [[0, 0, 3, 3]] * 6)  # the first runs past the bottom edge (9)
+    clipped = paste_boxes(x, index, boxes)
+    assert torch.equal(clipped[0, :, 5:9, 0:4], x[1, :, 5:9, 0:4]) and torch.equal(clipped[0, :, :5], x[0, :, :5])
+    assert paste_resized(x, index, boxes).shape == x.shape
+    for bad in (torch.tensor([1, 2]), torch.tensor([1, 2, 3, 4, 5, 6, -1]), torch.tensor([1, 2, 3, 4, 5, 6, 7])):
+        with pytest.raises((IndexError, RuntimeError)):
+            blend_mod.blend(x, bad, 0.3)
+        with pytest.raises((IndexError, RuntimeError)):
+            blend_mod.mask_blend(x, bad, torch.rand(7, 1, 9, 11) > 0.5)
+
+
+def test_one_box_paste_backward_takes_int32_pairings():
+    from mixkit.functional.boxes import paste_boxes
+
+    x = torch.rand(4, 3, 8, 8, requires_grad=True)
+    paste_boxes(x, torch.tensor([1, 2, 3, 0], dtype=torch.int32), torch.tensor([[2, 2, 6, 6]])).sum().backward()
+    assert torch.equal(x.grad, torch.ones_like(x))  # a permutation: every pixel's gradient goes somewhere once

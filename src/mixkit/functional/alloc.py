@@ -30,6 +30,7 @@ import math
 import mmap
 import os
 import threading
+import warnings
 
 import numpy as np
 import torch
@@ -69,7 +70,20 @@ _POOL: dict[int, list[mmap.mmap]] = {}
 #: re-entrant: a block may come back (a tensor freed by the garbage collector) while this
 #: thread holds the lock
 _POOL_LOCK = threading.RLock()
-_POOL_STATE = {"limit": int(os.environ.get("MIXKIT_BLOCK_POOL_MB", "1024")) << 20, "bytes": 0, "mapped": 0}
+def _limit_from_env() -> int:
+    value = os.environ.get("MIXKIT_BLOCK_POOL_MB", "1024")
+    try:
+        megabytes = int(value)
+    except ValueError:
+        megabytes = -1
+    if megabytes < 0:
+        warnings.warn(f"MIXKIT_BLOCK_POOL_MB must be a whole number of MiB >= 0, got {value!r}: using 1024",
+                      stacklevel=2)
+        megabytes = 1024
+    return megabytes << 20
+
+
+_POOL_STATE = {"limit": _limit_from_env(), "bytes": 0, "mapped": 0}
 
 
 class _Lease(np.ndarray):
@@ -102,12 +116,26 @@ def _take(size: int) -> mmap.mmap:
             _POOL_STATE["bytes"] -= size
             return kept.pop()
     block = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    _POOL_STATE["mapped"] += 1  # blocks mapped so far (tests count them)
+    with _POOL_LOCK:
+        _POOL_STATE["mapped"] += 1  # blocks mapped so far (tests count them)
     try:
         block.madvise(mmap.MADV_HUGEPAGE)
     except OSError:  # THP unsupported here: still a valid block of ordinary pages
         pass
     return block
+
+
+def _after_fork_in_child() -> None:
+    """A forked child starts with a fresh lock (another thread may have held the parent's) and
+    no kept blocks (its copies of the parent's are private; they are simply forgotten)."""
+    global _POOL_LOCK
+    _POOL_LOCK = threading.RLock()
+    _POOL.clear()
+    _POOL_STATE["bytes"] = 0
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def release_blocks() -> None:
@@ -134,7 +162,8 @@ def pool_limit() -> int:
 
 
 def set_pool_limit(nbytes: int) -> None:
-    """Keep at most ``nbytes`` of freed blocks (0: keep none); blocks above it are unmapped."""
+    """Keep at most ``nbytes`` of freed blocks (0: keep none); if more is kept already, every
+    kept block is unmapped."""
     if not isinstance(nbytes, int) or isinstance(nbytes, bool) or nbytes < 0:
         raise ValueError(f"nbytes must be an int >= 0, got {nbytes!r}")
     _POOL_STATE["limit"] = nbytes
@@ -151,6 +180,8 @@ def set_huge_pages(enabled: bool) -> None:
     """Turn huge-page allocation of large outputs on or off (the default is on where the
     system offers ``MADV_HUGEPAGE``, unless ``MIXKIT_HUGE_PAGES=0``)."""
     _STATE["enabled"] = bool(enabled) and hasattr(mmap, "MADV_HUGEPAGE")
+    if not _STATE["enabled"]:
+        release_blocks()
 
 
 def fresh(shape: tuple[int, ...] | torch.Size, dtype: torch.dtype, device: torch.device | str = "cpu") -> Tensor:

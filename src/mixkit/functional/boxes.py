@@ -193,7 +193,8 @@ def _copy_box_rows(out: Tensor, view: Tensor, index: Tensor, spans: Sequence[Spa
     for half of a bfloat16 batch of 128 at 224x224); otherwise through :func:`_gather_box`.
     """
     dst = _narrow(out, spans)
-    if view.device.type == "cpu" and not (torch.is_grad_enabled() and (out.requires_grad or view.requires_grad)):
+    if (view.device.type == "cpu" and index.shape == view.shape[:1]
+            and not (torch.is_grad_enabled() and (out.requires_grad or view.requires_grad))):
         torch.index_select(_narrow(view, spans), 0, index, out=dst)
     else:
         dst.copy_(_gather_box(view, index, spans))
@@ -228,8 +229,9 @@ def paste_boxes(x: Tensor, index: Tensor, boxes: Tensor) -> Tensor:
         out = fresh_copy(view)
         _copy_box_rows(out, view, index, spans)
         return match_format(from_memory(out, order), x)
-    if _row_wise(view) and not (torch.is_grad_enabled() and x.requires_grad):
-        pasted = {row: (partner, spans) for row, partner, spans in _row_boxes(index, boxes, x.ndim - 2, order)}
+    listed = _row_boxes(index, boxes, x.shape[2:], order) if _row_wise(view) and not (torch.is_grad_enabled() and x.requires_grad) else None
+    if listed is not None:
+        pasted = {row: (partner, spans) for row, partner, spans in listed}
         if view[0].nbytes < _ROW_COPY_MIN_BYTES:  # one copy of the batch, then the boxes
             out = fresh_copy(view)
             for row, (partner, spans) in pasted.items():
@@ -272,11 +274,18 @@ def _copy_box_cycles_(view: Tensor, partners: list[int], spans: Sequence[Span]) 
 _ROW_COPY_MIN_BYTES = 1 << 19
 
 
-def _row_boxes(index: Tensor, boxes: Tensor, d: int, order: tuple[int, ...] | None) -> list[tuple[int, int, tuple[Span, ...]]]:
+def _row_boxes(index: Tensor, boxes: Tensor, spatial: Sequence[int], order: tuple[int, ...] | None) -> list[tuple[int, int, tuple[Span, ...]]] | None:
     """``(row, partner, spans)`` of each non-empty box of a box per sample (the spans of the
-    batch's memory-order view when ``order`` is given)."""
-    rows = []
-    for row, (partner, box) in enumerate(zip(index.tolist(), boxes.tolist())):
+    batch's memory-order view when ``order`` is given); ``None`` unless ``index`` holds one row
+    of the batch per box and every box lies in the image (the batched forms then run: they clip
+    boxes to the image and raise on bad rows, as they always did)."""
+    d, b = len(spatial), boxes.shape[0]
+    partners, rows = index.tolist(), []
+    if index.ndim != 1 or len(partners) != b or boxes.shape != (b, 2 * d):
+        return None
+    for row, (partner, box) in enumerate(zip(partners, boxes.tolist())):
+        if not 0 <= partner < b or any(box[k] < 0 or box[d + k] > size for k, size in enumerate(spatial)):
+            return None
         spans = _spans(box, d, order)
         if all(length > 0 for _, _, length in spans):
             rows.append((row, partner, spans))
@@ -303,9 +312,9 @@ def paste_boxes_(x: Tensor, index: Tensor, boxes: Tensor) -> Tensor:
     if torch.is_grad_enabled() and x.requires_grad:
         raise ValueError("paste_boxes_ writes into x: x may not require grad (use paste_boxes)")
     order, view, index, spans = _paste_setup(x, index, boxes)
-    if spans is not None and _row_wise(view):
+    if spans is not None and _row_wise(view) and view.is_contiguous() and index.ndim == 1:
         partners = index.tolist()
-        if sorted(partners) == list(range(len(partners))):
+        if sorted(partners) == list(range(view.shape[0])):
             _copy_box_cycles_(view, partners, spans)
             return x
     if spans is not None:  # the box's partner rows are gathered before the box is written
@@ -313,8 +322,8 @@ def paste_boxes_(x: Tensor, index: Tensor, boxes: Tensor) -> Tensor:
         return x
     if not view.is_contiguous():
         return x.copy_(paste_boxes(x, index, boxes))
-    if _row_wise(view):  # each partner's box is copied out before any box is written
-        pasted = _row_boxes(index, boxes, x.ndim - 2, order)
+    pasted = _row_boxes(index, boxes, x.shape[2:], order) if _row_wise(view) else None
+    if pasted is not None:  # each partner's box is copied out before any box is written
         crops = [_row_box(view, partner, spans).clone() for _, partner, spans in pasted]
         for (row, _, spans), crop in zip(pasted, crops):
             _row_box(view, row, spans).copy_(crop)
@@ -342,7 +351,7 @@ def _inverse_permutation(index: Tensor) -> Tensor | None:
     counts = torch.bincount(index, minlength=n)
     if counts.shape[0] != n or not bool(counts.eq(1).all()):
         return None
-    return torch.empty_like(index).scatter_(0, index, torch.arange(n))
+    return torch.empty_like(index).scatter_(0, index, torch.arange(n, dtype=index.dtype))
 
 
 class _BoxPaste(torch.autograd.Function):
@@ -429,12 +438,13 @@ def paste_resized(x: Tensor, index: Tensor, boxes: Tensor) -> Tensor:
         out = fresh_copy(x)
         _narrow(out, spans).copy_(_cast_back(gather_rows(small, index), x))
         return out
-    if _row_wise(x) and not (torch.is_grad_enabled() and x.requires_grad):
-        return _paste_resized_rows(x, index, boxes, work)
+    listed = _row_boxes(index, boxes, x.shape[2:], None) if _row_wise(x) and not (torch.is_grad_enabled() and x.requires_grad) else None
+    if listed is not None:
+        return _paste_resized_rows(x, listed, work)
     return _paste_resized_each(x, index, boxes, work)
 
 
-def _paste_resized_rows(x: Tensor, index: Tensor, boxes: Tensor, work: torch.dtype) -> Tensor:
+def _paste_resized_rows(x: Tensor, listed: list[tuple[int, int, tuple[Span, ...]]], work: torch.dtype) -> Tensor:
     """:func:`paste_resized` with a box per sample, for large samples on the CPU: each partner
     resized to its box with ``F.interpolate`` (the batch mode's values) and copied in, instead
     of sampling every pixel of every image with ``grid_sample`` and keeping the boxes' alone.
@@ -442,7 +452,7 @@ def _paste_resized_rows(x: Tensor, index: Tensor, boxes: Tensor, work: torch.dty
     bilinear kernel is faster, costs about what it saves)."""
     d = x.ndim - 2
     out, mode = fresh_copy(x), _interp_mode(d)
-    for row, partner, spans in _row_boxes(index, boxes, d, None):
+    for row, partner, spans in listed:
         src = x[partner : partner + 1].to(work)
         small = F.interpolate(src, size=[length for _, _, length in spans], mode=mode, align_corners=False)
         _narrow(out[row : row + 1], spans).copy_(_cast_back(small, x))
