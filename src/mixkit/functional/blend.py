@@ -350,8 +350,9 @@ def blend_(x: Tensor, index: Tensor, lam: Tensor | float) -> Tensor:
     """:func:`blend` written into ``x`` (the same values); returns ``x``.
 
     The partners are gathered first (into :func:`gather_rows_scratch`'s reusable buffer),
-    then one ``lerp`` writes the result over ``x``: no batch-sized tensor is allocated. ``x``
-    must not require grad.
+    then one ``lerp`` writes the result over ``x``: no batch-sized tensor is allocated. Large
+    samples on the CPU paired by a permutation are blended row by row along its cycles
+    instead, one row kept aside per cycle (no gather at all). ``x`` must not require grad.
     """
     if torch.is_grad_enabled() and (x.requires_grad or (isinstance(lam, Tensor) and lam.requires_grad)):
         raise ValueError("blend_ writes into x: x and lam may not require grad (use blend)")

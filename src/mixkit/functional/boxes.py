@@ -305,9 +305,11 @@ def paste_boxes_(x: Tensor, index: Tensor, boxes: Tensor) -> Tensor:
     """:func:`paste_boxes` written into ``x`` (the same values); returns ``x``.
 
     One box: the partners' box rows are gathered, then copied over ``x``'s box (no copy of
-    the batch). One box per sample: the partners are gathered into a buffer reused across
-    calls (:func:`~mixkit.functional.blend.gather_rows_scratch`) and written over ``x``
-    inside the boxes in one pass. ``x`` must not require grad.
+    the batch); for large samples on the CPU paired by a permutation, the boxes are copied
+    along its cycles instead (one pass). One box per sample: the partners are gathered into a
+    buffer reused across calls (:func:`~mixkit.functional.blend.gather_rows_scratch`) and
+    written over ``x`` inside the boxes in one pass; for large samples, each partner's box is
+    copied out, then each pasted. ``x`` must not require grad.
     """
     if torch.is_grad_enabled() and x.requires_grad:
         raise ValueError("paste_boxes_ writes into x: x may not require grad (use paste_boxes)")
