@@ -8,6 +8,7 @@ keep their own rows of the mixed batch and target (input-space methods only).
 
 from __future__ import annotations
 
+import atexit
 import os
 from collections.abc import Callable
 from datetime import timedelta
@@ -19,19 +20,36 @@ from torch import Tensor, nn
 from mixkit.errors import HyperParameterError
 from mixkit.types import MixTarget, StepOutput
 
-__all__ = ["init_from_env", "rank", "world", "is_main", "barrier", "wrap", "unwrap", "shard_batches",
+__all__ = ["init_from_env", "leave", "rank", "world", "is_main", "barrier", "wrap", "unwrap", "shard_batches",
            "train_step", "gather_cat", "gather_objects", "sum_floats", "sync_buffers"]
 
 
 def init_from_env() -> bool:
-    """Join the process group that ``torchrun`` describes in the environment, if any."""
+    """Join the process group that ``torchrun`` describes in the environment, if any; it is
+    left again when the process exits (:func:`leave`)."""
     if td.is_available() and not td.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         td.init_process_group(backend, timeout=timedelta(minutes=10))
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        atexit.register(leave)
         return True
     return False
+
+
+def leave() -> None:
+    """Destroy the process group, if one is active. A group still alive when the interpreter
+    shuts down can take its process down with it: the backend's threads are torn down without
+    being joined (``terminate called without an active exception``, SIGABRT), seen once in
+    the two-process test after a run that had finished."""
+    if not _active():
+        return
+    try:
+        if td.get_backend() == "gloo":  # every rank here before any tears its connections down
+            td.monitored_barrier(timeout=timedelta(seconds=60))
+        td.destroy_process_group()
+    except Exception:  # noqa: BLE001 - a peer already gone: nothing left to leave
+        pass
 
 
 def _active() -> bool:
