@@ -1,7 +1,7 @@
 """Large samples on the CPU are blended and pasted one row at a time (no gathered copy of the
 partners): the same values, strides and gradients as the batched forms.
 
-The row paths start at ``blend.ROW_LERP_MIN`` elements per sample (a 3 x 105 x 105 image);
+The row paths start at ``row_paths.ROW_LERP_MIN`` elements per sample (a 3 x 105 x 105 image);
 here the threshold is patched to 1 so that small batches take them, and compared with the
 batched forms (threshold out of reach).
 """
@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import mixkit
-from mixkit.functional import boxes as boxes_mod
+from mixkit.functional import row_paths
 
 blend_mod = importlib.import_module("mixkit.functional.blend")  # the module; the package exports the function
 
@@ -30,12 +30,12 @@ def _batch(dtype: torch.dtype, channels_last: bool) -> torch.Tensor:
 def _both(monkeypatch, run):
     """``run()`` through the batched forms, then through the row paths (per-sample pastes both
     ways: one copy of the batch then the boxes, and row by row; checked equal)."""
-    monkeypatch.setattr(blend_mod, "ROW_LERP_MIN", 1 << 60)
+    monkeypatch.setattr(row_paths, "ROW_LERP_MIN", 1 << 60)
     batched = run()
-    monkeypatch.setattr(blend_mod, "ROW_LERP_MIN", 1)
-    monkeypatch.setattr(boxes_mod, "_ROW_COPY_MIN_BYTES", 1 << 60)
+    monkeypatch.setattr(row_paths, "ROW_LERP_MIN", 1)
+    monkeypatch.setattr(row_paths, "ROW_COPY_MIN_BYTES", 1 << 60)
     rows = run()
-    monkeypatch.setattr(boxes_mod, "_ROW_COPY_MIN_BYTES", 0)
+    monkeypatch.setattr(row_paths, "ROW_COPY_MIN_BYTES", 0)
     by_row = run()
     for a, b in zip(_tensors(rows), _tensors(by_row), strict=True):
         assert torch.equal(a, b) and a.stride() == b.stride()
@@ -115,9 +115,9 @@ def test_gradients_are_the_same_on_the_row_paths(name, mode, dtype, monkeypatch)
 
 
 def test_the_row_paths_start_at_large_samples():
-    assert blend_mod._row_wise(torch.empty(2, 3, 105, 105))  # 33,075 elements per sample
-    assert not blend_mod._row_wise(torch.empty(128, 3, 64, 64))
-    assert not blend_mod._row_wise(torch.empty(2, 3, 105, 105, device="meta"))  # CPU only
+    assert row_paths.row_wise(torch.empty(2, 3, 105, 105))  # 33,075 elements per sample
+    assert not row_paths.row_wise(torch.empty(128, 3, 64, 64))
+    assert not row_paths.row_wise(torch.empty(2, 3, 105, 105, device="meta"))  # CPU only
 
 
 @pytest.mark.parametrize("name", ["fmix", "gmix", "smoothmix", "gridmix", "mixed_example"])
@@ -179,7 +179,7 @@ def test_row_paths_leave_bad_rows_and_boxes_to_the_batched_forms(monkeypatch):
     """Out-of-image boxes are clipped, and short or out-of-range pairings raise, as before."""
     from mixkit.functional.boxes import paste_boxes, paste_resized
 
-    monkeypatch.setattr(blend_mod, "ROW_LERP_MIN", 1)
+    monkeypatch.setattr(row_paths, "ROW_LERP_MIN", 1)
     x = _batch(torch.float32, False)
     index = torch.tensor([1, 2, 3, 4, 5, 6, 0])
     boxes = torch.tensor([[5, 0, 12, 4]] + [[0, 0, 3, 3]] * 6)  # the first runs past the bottom edge (9)

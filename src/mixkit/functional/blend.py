@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from mixkit.functional import row_paths
 from mixkit.functional.alloc import fresh, fresh_like, is_large
 from mixkit.functional.layout import (  # also re-exported here
     from_memory,
@@ -70,80 +71,6 @@ def uniform_value(lam: Tensor | float) -> float | None:
 
 
 _HALF = (torch.float16, torch.bfloat16)
-#: elements per sample from which a CPU blend runs one ``lerp`` per row, straight from the
-#: sample and its partner into the output (below it, the per-call cost of B kernels exceeds
-#: the saved pass over a gathered copy of the partners)
-ROW_LERP_MIN = 1 << 15
-
-
-def _row_wise(view: Tensor) -> bool:
-    """Whether :func:`_lerp_rows` is the faster way to blend ``view``."""
-    return view.device.type == "cpu" and view.ndim > 1 and view[0].numel() >= ROW_LERP_MIN
-
-
-def _row_plan(b: int, index: Tensor, lam: Tensor | float) -> tuple[list[int], list[float]] | None:
-    """Each row's partner and weight as Python numbers for the row paths, or ``None`` when
-    ``index`` is not ``B`` rows of the batch or ``lam`` neither one weight nor one per row (the
-    batched forms then run, and raise as they always did)."""
-    partners = index.tolist()
-    if index.ndim != 1 or len(partners) != b or (partners and (min(partners) < 0 or max(partners) >= b)):
-        return None
-    weights = lam.reshape(-1).tolist() if isinstance(lam, Tensor) else [float(lam)]
-    if len(weights) == 1:
-        weights = weights * b
-    return (partners, weights) if len(weights) == b else None
-
-
-def _lerp_rows(view: Tensor, partners: list[int], weights: list[float]) -> Tensor:
-    """``lerp(view[partners[b]], view[b], weights[b])`` for each row ``b`` (a :func:`_row_plan`),
-    into a fresh contiguous tensor: one kernel per row, reading the sample and its partner where
-    they are (no gathered copy of the partners: a pass over the batch fewer). Each row's weight
-    is a scalar, which the kernel applies in the precision the batched forms use (float32 for
-    half inputs: the same values bit for bit)."""
-    out = fresh(tuple(view.shape), view.dtype, view.device)
-    rows, outs = view.unbind(0), out.unbind(0)
-    for row in chain_order(partners):
-        torch.lerp(rows[partners[row]], rows[row], weights[row], out=outs[row])
-    return out
-
-
-def _lerp_cycles_(view: Tensor, partners: list[int], weights: list[float]) -> None:
-    """:func:`_lerp_rows` written into ``view`` when ``partners`` is a permutation: along each
-    cycle a row is overwritten before its partner (the next row of the cycle) is, and the
-    cycle's first row, which the last one needs, is kept aside first. One row of scratch
-    instead of a gathered copy of the batch, and each partner is read from the cache just
-    before its own turn."""
-    rows = view.unbind(0)
-    first = torch.empty_like(rows[0])
-    seen = [False] * len(partners)
-    for start in range(len(partners)):
-        if seen[start]:
-            continue
-        if partners[start] != start:
-            first.copy_(rows[start])
-        row = start
-        while True:
-            seen[row] = True
-            partner = partners[row]
-            source = first if partner == start and row != start else rows[partner]
-            torch.lerp(source, rows[row], weights[row], out=rows[row])
-            row = partner
-            if row == start:
-                break
-
-
-def chain_order(partners: Sequence[int]) -> list[int]:
-    """Every row once, each followed by its partner where that is not yet visited (a
-    permutation's cycles in turn): a row blended right after serving as the previous row's
-    partner is read from the cache (10-15% faster per float32 224x224 batch here)."""
-    seen, order = [False] * len(partners), []
-    for start in range(len(partners)):
-        row = start
-        while not seen[row]:
-            seen[row] = True
-            order.append(row)
-            row = partners[row]
-    return order
 #: elements of float32 scratch per chunk when half-precision rows are blended with their own
 #: weights (1 MiB: the temporaries stay in the caches, and small batches take one or two chunks)
 _HALF_CHUNK = 1 << 18
@@ -178,9 +105,9 @@ def blend(x: Tensor, index: Tensor, lam: Tensor | float, *, check_uniform: bool 
         return _RowBlend.apply(x, index.to(x.device), lam.to(x.device))
     # below, autograd sees x only together with a learned lambda (lam_grad); otherwise the
     # gathered partners, a temporary, hold the result
-    plan = _row_plan(view.shape[0], index, lam if value is None else value) if not lam_grad and _row_wise(view) else None
+    plan = row_paths.row_plan(view.shape[0], index, lam if value is None else value) if not lam_grad and row_paths.row_wise(view) else None
     if plan is not None:
-        out = _lerp_rows(view, *plan)
+        out = row_paths.lerp_rows(view, *plan)
     elif value is not None:
         out = take_rows(view, index).lerp_(view, value)
     elif x.dtype in _HALF and not (torch.is_grad_enabled() and x.requires_grad):
@@ -207,8 +134,8 @@ class _ScalarBlend(torch.autograd.Function):
         ctx.w = w
         order = memory_order(x)
         view = to_memory(x, order)
-        plan = _row_plan(view.shape[0], index, w) if _row_wise(view) else None
-        out = _lerp_rows(view, *plan) if plan is not None else take_rows(view, index).lerp_(view, w)
+        plan = row_paths.row_plan(view.shape[0], index, w) if row_paths.row_wise(view) else None
+        out = row_paths.lerp_rows(view, *plan) if plan is not None else take_rows(view, index).lerp_(view, w)
         return match_format(from_memory(out, order), x)
 
     @staticmethod
@@ -231,9 +158,9 @@ class _RowBlend(torch.autograd.Function):
         ctx.save_for_backward(index, w)
         order = memory_order(x)
         view = to_memory(x, order)
-        plan = _row_plan(view.shape[0], index, lam) if _row_wise(view) else None
+        plan = row_paths.row_plan(view.shape[0], index, lam) if row_paths.row_wise(view) else None
         if plan is not None:
-            out = _lerp_rows(view, *plan)
+            out = row_paths.lerp_rows(view, *plan)
         elif x.dtype in _HALF:
             out = _blend_half_rows(view, index, lam)
         else:
@@ -360,9 +287,9 @@ def blend_(x: Tensor, index: Tensor, lam: Tensor | float) -> Tensor:
     view = to_memory(x, order)
     if not view.is_contiguous():
         return x.copy_(blend(x, index, lam))
-    plan = _row_plan(view.shape[0], index, lam) if _row_wise(view) else None
+    plan = row_paths.row_plan(view.shape[0], index, lam) if row_paths.row_wise(view) else None
     if plan is not None and sorted(plan[0]) == list(range(view.shape[0])):  # a permutation: cycle by cycle
-        _lerp_cycles_(view, *plan)
+        row_paths.lerp_cycles_(view, *plan)
         return x
     partners = gather_rows_scratch(view, index)
     value = uniform_value(lam)
@@ -415,34 +342,13 @@ def mask_blend(x: Tensor, index: Tensor, mask: Tensor) -> Tensor:
     """
     order = memory_order(x)
     view = to_memory(x, order)
-    if (_row_wise(view) and mask.ndim == view.ndim and mask.shape[0] in (1, view.shape[0])
+    if (row_paths.row_wise(view) and mask.ndim == view.ndim and mask.shape[0] in (1, view.shape[0])
             and not (torch.is_grad_enabled() and (x.requires_grad or mask.requires_grad))):
-        plan = _row_plan(view.shape[0], index, 0.0)
+        plan = row_paths.row_plan(view.shape[0], index, 0.0)
         if plan is not None:
-            return match_format(from_memory(_select_rows(view, plan[0], to_memory(mask, order)), order), x)
+            return match_format(from_memory(row_paths.select_rows(view, plan[0], to_memory(mask, order)), order), x)
     partner = take_rows(view, index)
     return match_format(from_memory(_select(view, partner, to_memory(mask, order), into=True), order), x)
-
-
-def _select_rows(view: Tensor, partners: list[int], mask: Tensor) -> Tensor:
-    """:func:`_select` of each row and its partner ``view[index[b]]``, one kernel per row into a
-    fresh tensor (the partners are read where they are; the same kernels and weights, so the
-    same values)."""
-    mask = mask.to(view.device)
-    out = fresh(tuple(view.shape), view.dtype, view.device)
-    rows, outs = view.unbind(0), out.unbind(0)
-    if mask.dtype == torch.bool and not view.is_floating_point():
-        weights = mask.unbind(0)
-        for row in chain_order(partners):
-            torch.where(weights[row if len(weights) > 1 else 0], rows[row], rows[partners[row]], out=outs[row])
-        return out
-    weight = mask.to(view.dtype)
-    if weight.ndim == view.ndim and weight.shape[-1] == 1 and view.shape[-1] > 1:
-        weight = weight.expand(weight.shape[:-1] + view.shape[-1:]).contiguous()
-    weights = weight.unbind(0)
-    for row in chain_order(partners):
-        torch.lerp(rows[partners[row]], rows[row], weights[row if len(weights) > 1 else 0], out=outs[row])
-    return out
 
 
 def select_by_mask(x: Tensor, partner: Tensor, mask: Tensor) -> Tensor:

@@ -18,11 +18,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mixkit import rng
+from mixkit.functional import row_paths
 from mixkit.functional.alloc import fresh_copy, fresh_like
 from mixkit.functional.blend import (
-    _row_wise,
     broadcasts_to,
-    chain_order,
     from_memory,
     gather_rows,
     gather_rows_scratch,
@@ -140,7 +139,7 @@ def box_weight(
     return out
 
 
-Span = tuple[int, int, int]  # (dim, start, length) of a box along one dim of a tensor
+Span = row_paths.Span  # (dim, start, length) of a box along one dim of a tensor
 
 
 def _spans(box: Tensor | list[int], d: int, order: tuple[int, ...] | None = None) -> tuple[Span, ...]:
@@ -229,49 +228,24 @@ def paste_boxes(x: Tensor, index: Tensor, boxes: Tensor) -> Tensor:
         out = fresh_copy(view)
         _copy_box_rows(out, view, index, spans)
         return match_format(from_memory(out, order), x)
-    listed = _row_boxes(index, boxes, x.shape[2:], order) if _row_wise(view) and not (torch.is_grad_enabled() and x.requires_grad) else None
+    listed = _row_boxes(index, boxes, x.shape[2:], order) if row_paths.row_wise(view) and not (torch.is_grad_enabled() and x.requires_grad) else None
     if listed is not None:
         pasted = {row: (partner, spans) for row, partner, spans in listed}
-        if view[0].nbytes < _ROW_COPY_MIN_BYTES:  # one copy of the batch, then the boxes
+        if view[0].nbytes < row_paths.ROW_COPY_MIN_BYTES:  # one copy of the batch, then the boxes
             out = fresh_copy(view)
             for row, (partner, spans) in pasted.items():
-                _row_box(out, row, spans).copy_(_row_box(view, partner, spans))
+                row_paths.row_box(out, row, spans).copy_(row_paths.row_box(view, partner, spans))
             return match_format(from_memory(out, order), x)
         out = fresh_like(view)
         rows, outs = view.unbind(0), out.unbind(0)
-        for row in chain_order(index.tolist()):  # the partner's box is read just before its row is copied
+        for row in row_paths.chain_order(index.tolist()):  # the partner's box is read just before its row is copied
             outs[row].copy_(rows[row])
             if row in pasted:
                 partner, spans = pasted[row]
-                _row_box(out, row, spans).copy_(_row_box(view, partner, spans))
+                row_paths.row_box(out, row, spans).copy_(row_paths.row_box(view, partner, spans))
         return match_format(from_memory(out, order), x)
     partner = take_rows(view, index)
     return match_format(from_memory(_paste_into(view, partner, boxes, order), order), x)
-
-
-def _copy_box_cycles_(view: Tensor, partners: list[int], spans: Sequence[Span]) -> None:
-    """The partners' box copied over each row's box in place, ``partners`` a permutation: along
-    each cycle a box is overwritten before its partner's is, the cycle's first box (which the
-    last row needs) kept aside. One pass over the boxes instead of a gather and a copy back."""
-    first = torch.empty_like(_row_box(view, 0, spans))
-    for start in range(len(partners)):
-        if partners[start] == start or partners[start] < 0:
-            continue  # paired with itself (or a cycle already done: marked below)
-        first.copy_(_row_box(view, start, spans))
-        row = start
-        while True:
-            partner = partners[row]
-            partners[row] = -1  # done
-            _row_box(view, row, spans).copy_(first if partner == start else _row_box(view, partner, spans))
-            row = partner
-            if row == start:
-                break
-
-
-#: bytes per sample from which a per-sample paste copies row by row, each partner's box read
-#: just before that partner's own row is copied (so from the cache): 7% faster for float32
-#: 224x224 batches here, 5% slower for bfloat16 ones (half the bytes per row)
-_ROW_COPY_MIN_BYTES = 1 << 19
 
 
 def _row_boxes(index: Tensor, boxes: Tensor, spatial: Sequence[int], order: tuple[int, ...] | None) -> list[tuple[int, int, tuple[Span, ...]]] | None:
@@ -292,15 +266,6 @@ def _row_boxes(index: Tensor, boxes: Tensor, spatial: Sequence[int], order: tupl
     return rows
 
 
-def _row_box(t: Tensor, row: int, spans: Sequence[Span]) -> Tensor:
-    """``_narrow(t[row:row + 1], spans)[0]`` in one ``as_strided`` (a third of the calls)."""
-    size, offset = list(t.shape[1:]), t.storage_offset() + row * t.stride(0)
-    for dim, start, length in spans:
-        size[dim - 1] = length
-        offset += start * t.stride(dim)
-    return t.as_strided(size, t.stride()[1:], offset)
-
-
 def paste_boxes_(x: Tensor, index: Tensor, boxes: Tensor) -> Tensor:
     """:func:`paste_boxes` written into ``x`` (the same values); returns ``x``.
 
@@ -314,21 +279,21 @@ def paste_boxes_(x: Tensor, index: Tensor, boxes: Tensor) -> Tensor:
     if torch.is_grad_enabled() and x.requires_grad:
         raise ValueError("paste_boxes_ writes into x: x may not require grad (use paste_boxes)")
     order, view, index, spans = _paste_setup(x, index, boxes)
-    if spans is not None and _row_wise(view) and view.is_contiguous() and index.ndim == 1:
+    if spans is not None and row_paths.row_wise(view) and view.is_contiguous() and index.ndim == 1:
         partners = index.tolist()
         if sorted(partners) == list(range(view.shape[0])):
-            _copy_box_cycles_(view, partners, spans)
+            row_paths.copy_box_cycles_(view, partners, spans)
             return x
     if spans is not None:  # the box's partner rows are gathered before the box is written
         _narrow(view, spans).copy_(_gather_box(view, index, spans, scratch=True))
         return x
     if not view.is_contiguous():
         return x.copy_(paste_boxes(x, index, boxes))
-    pasted = _row_boxes(index, boxes, x.shape[2:], order) if _row_wise(view) else None
+    pasted = _row_boxes(index, boxes, x.shape[2:], order) if row_paths.row_wise(view) else None
     if pasted is not None:  # each partner's box is copied out before any box is written
-        crops = [_row_box(view, partner, spans).clone() for _, partner, spans in pasted]
+        crops = [row_paths.row_box(view, partner, spans).clone() for _, partner, spans in pasted]
         for (row, _, spans), crop in zip(pasted, crops):
-            _row_box(view, row, spans).copy_(crop)
+            row_paths.row_box(view, row, spans).copy_(crop)
         return x
     partner = gather_rows_scratch(view, index)
     if view.is_floating_point():
@@ -440,7 +405,7 @@ def paste_resized(x: Tensor, index: Tensor, boxes: Tensor) -> Tensor:
         out = fresh_copy(x)
         _narrow(out, spans).copy_(_cast_back(gather_rows(small, index), x))
         return out
-    listed = _row_boxes(index, boxes, x.shape[2:], None) if _row_wise(x) and not (torch.is_grad_enabled() and x.requires_grad) else None
+    listed = _row_boxes(index, boxes, x.shape[2:], None) if row_paths.row_wise(x) and not (torch.is_grad_enabled() and x.requires_grad) else None
     if listed is not None:
         return _paste_resized_rows(x, listed, work)
     return _paste_resized_each(x, index, boxes, work)
