@@ -227,15 +227,16 @@ def test_one_box_paste_backward_matches_autograd(channels_last, pairing):
 def test_one_box_resize_paste_goes_through_float32_in_chunks(dtype, channels_last, monkeypatch):
     import torch.nn.functional as F
 
-    from mixkit.functional import boxes as boxes_mod
+    from mixkit.functional import boxes, resized_paste
 
-    monkeypatch.setattr(boxes_mod, "_RESIZE_CHUNK", 1000)  # 3 images per chunk, a ragged last one
+    assert boxes.paste_resized is resized_paste.paste_resized  # the old import path still serves it
+    monkeypatch.setattr(resized_paste, "_RESIZE_CHUNK", 1000)  # 3 images per chunk, a ragged last one
     x = torch.rand(8, 3, 12, 10, generator=torch.Generator().manual_seed(0))
     x = (x * 255).to(dtype) if dtype == torch.uint8 else x.to(dtype)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     index, box = torch.tensor([7, 6, 5, 4, 3, 2, 1, 0]), torch.tensor([[2, 3, 9, 8]])
-    out = boxes_mod.paste_resized(x, index, box)
+    out = resized_paste.paste_resized(x, index, box)
     small = F.interpolate(x.float(), size=[7, 5], mode="bilinear", align_corners=False)[index]
     expected = x.clone()
     cast = small.round().clamp(0, 255).to(dtype) if dtype == torch.uint8 else small.to(dtype)

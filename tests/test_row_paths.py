@@ -177,7 +177,8 @@ def test_row_paths_take_any_weight_shape_the_batched_forms_take(lam, monkeypatch
 
 def test_row_paths_leave_bad_rows_and_boxes_to_the_batched_forms(monkeypatch):
     """Out-of-image boxes are clipped, and short or out-of-range pairings raise, as before."""
-    from mixkit.functional.boxes import paste_boxes, paste_resized
+    from mixkit.functional.boxes import paste_boxes
+    from mixkit.functional.resized_paste import paste_resized
 
     monkeypatch.setattr(row_paths, "ROW_LERP_MIN", 1)
     x = _batch(torch.float32, False)

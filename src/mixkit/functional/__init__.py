@@ -6,7 +6,8 @@ except the ``sample_*`` functions, which take a ``generator``.
 
 from mixkit.functional import _slic, alloc
 from mixkit.functional.blend import bc_plus_blend, blend, blend_, gather_rows_scratch, mask_blend, release_blend_scratch
-from mixkit.functional.boxes import box_fraction, box_mask, paste_boxes, paste_boxes_, paste_resized, sample_cut_boxes
+from mixkit.functional.boxes import box_fraction, box_mask, paste_boxes, paste_boxes_, sample_cut_boxes
+from mixkit.functional.resized_paste import paste_resized
 from mixkit.functional.fourier import binarise_mask, fourier_noise
 
 __all__ = [

@@ -25,7 +25,8 @@ from mixkit import rng
 from mixkit.base import MixMethod
 from mixkit.errors import DTypeError, HyperParameterError
 from mixkit.functional.blend import mask_blend
-from mixkit.functional.boxes import box_fraction, one_box_fraction, paste_boxes, paste_boxes_, paste_resized, sample_cut_boxes
+from mixkit.functional.boxes import box_fraction, one_box_fraction, paste_boxes, paste_boxes_, sample_cut_boxes
+from mixkit.functional.resized_paste import paste_resized
 from mixkit.functional.fourier import binarise_mask, fmix_counts, fourier_noise, top_count_mask
 from mixkit.registry import register
 from mixkit.types import BoxParams, MaskParams, ResizeParams
