@@ -4,6 +4,7 @@ Usage:
     python bench/ab.py --ref f77bc2c --methods mixup:batch cutmix:elem --size 224
     python bench/ab.py --ref HEAD~3 --methods gmix:elem --size 224 --rounds 20 --channels-last
     python bench/ab.py --ref HEAD --methods cutmix:batch --size 32 --dtype bfloat16 --backward
+    python bench/ab.py --ref HEAD~1 --methods augmix:batch --size 32 --channels-last --normalize
 
 This machine's speed drifts by up to 2x within minutes, so timings from two processes (or two
 runs) of the same code can differ more than a change does. This script extracts ``src/mixkit``
@@ -39,6 +40,7 @@ sys.path.insert(0, str(ROOT / "src"))
 import ops_stats  # noqa: E402
 
 import mixkit  # noqa: E402
+from mixkit.data import dataset_stats  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -51,6 +53,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--channels-last", action="store_true")
     ap.add_argument("--rounds", type=int, default=12)
     ap.add_argument("--backward", action="store_true", help="time forward + out.x.sum().backward()")
+    ap.add_argument("--normalize", action="store_true",
+                    help="give both sides CIFAR-10's input normalisation (set_input_normalization), as the "
+                         "training engine and bench/overhead.py do; the batch stays torch.rand")
     ap.add_argument("--out", default=None, help="also write the results to this JSON file")
     return ap.parse_args(argv)
 
@@ -83,6 +88,10 @@ def compare(name: str, mode: str, ref: object, args: argparse.Namespace) -> dict
     y = torch.randint(0, 10, (args.batch,), generator=g)
     opts = {"mode": mode} if "mode" in mixkit.method_info(name).defaults else {}
     sides = {"ref": ref.create(name, **opts), "new": mixkit.create(name, **opts)}  # type: ignore[attr-defined]
+    if args.normalize:
+        stats = dataset_stats("cifar10")
+        for method in sides.values():
+            method.set_input_normalization(*stats)
     leaves = {k: x.detach().clone().requires_grad_() for k in sides} if args.backward else {k: x for k in sides}
 
     def call(k: str, generator: torch.Generator) -> object:

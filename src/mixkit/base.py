@@ -225,10 +225,13 @@ class MixMethod:
             raise ValueError(f"std must be > 0, got {std_t}")
         self.input_normalization = (mean_t, std_t)
 
-    def _stats(self, x: Tensor) -> tuple[Tensor, Tensor] | None:
+    def _stats(self, x: Tensor, dtype: torch.dtype | None = None) -> tuple[Tensor, Tensor] | None:
+        """The normalisation's ``(mean, std)`` shaped to broadcast over ``x``, in ``dtype``
+        (default ``x``'s), or None when no normalisation is set."""
         if self.input_normalization is None:
             return None
-        mean, std = (torch.tensor(v, dtype=x.dtype, device=x.device) for v in self.input_normalization)
+        dtype = x.dtype if dtype is None else dtype
+        mean, std = (torch.tensor(v, dtype=dtype, device=x.device) for v in self.input_normalization)
         if x.dim() >= 2 and mean.numel() not in (1, x.shape[1]):
             raise ValueError(f"input normalisation has {mean.numel()} channels, x has {x.shape[1]}")
         shape = (1, -1) + (1,) * (x.dim() - 2)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import math
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -39,6 +40,7 @@ from mixkit import rng
 from mixkit.errors import DTypeError, HyperParameterError, ShapeError
 from mixkit.functional.augment_dispatch import run_kernels
 from mixkit.functional.augment_geometry import GEOMETRIC_OPS
+from mixkit.functional.alloc import fresh_like
 from mixkit.functional.blend import take_rows
 
 __all__ = [
@@ -299,16 +301,23 @@ def sample_chains(b: int, image_size: tuple[int, int], *, width: int = 3, depth:
     return ChainDraws(op_index, magnitude, weights, m)
 
 
-def apply_chains(x: Tensor, draws: ChainDraws, ops: Sequence[str] = AUGMIX_OPS) -> Tensor:
+def apply_chains(x: Tensor, draws: ChainDraws, ops: Sequence[str] = AUGMIX_OPS, *,
+                 normalization: tuple[Tensor, Tensor] | None = None) -> Tensor:
     """AugMix's mixture: ``m * x + (1 - m) * sum_i w_i * chain_i(x)``, per sample.
 
     All ``B * width`` chains run together, one depth step at a time: each step appends the
     images of the chains still running to one buffer (so no image is copied back in place).
+    The buffer is this thread's scratch, reused across calls (a fresh one of several
+    megabytes costs its page faults on every call); the result is a tensor of its own.
 
     Args:
         x: ``(B, C, H, W)`` float pixels in [0, 1]; never modified.
         draws: the :class:`ChainDraws` of this batch.
         ops: the operation names ``draws.ops`` refers to.
+        normalization: ``(mean, std)`` broadcastable to ``x`` (float32, or float64 for float64
+            ``x``): ``x`` is then normalised, ``(pixels - mean) / std``, and so is the result.
+            The conversions are fused with the copies into and out of the work buffer (the
+            same values as converting before and after).
 
     Returns:
         ``(B, C, H, W)`` tensor of ``x``'s dtype and memory format.
@@ -318,10 +327,15 @@ def apply_chains(x: Tensor, draws: ChainDraws, ops: Sequence[str] = AUGMIX_OPS) 
     if b != x.shape[0]:
         raise ShapeError(f"draws are for {b} samples but x has batch size {x.shape[0]}")
     ops = _check_ops(ops)
-    work = x.float() if x.dtype in _HALF else x
-    images = work.new_empty((b + int((draws.ops >= 0).sum()),) + tuple(work.shape[1:]))  # the batch, then each step's
-    images[:b] = work  # contiguous, whatever x's layout
-    out = images[:b] * draws.m.to(device=work.device, dtype=work.dtype).view(-1, 1, 1, 1)
+    dtype = torch.float32 if x.dtype in _HALF else x.dtype
+    rows = b + int((draws.ops >= 0).sum())  # the batch, then each step's images
+    images = _chain_buffer(rows * math.prod(x.shape[1:]), dtype, x.device).view((rows,) + tuple(x.shape[1:]))
+    if normalization is None:
+        images[:b] = x  # contiguous, whatever x's layout
+    else:
+        mean, std = normalization
+        torch.mul(x, std, out=images[:b]).add_(mean)  # pixels = x * std + mean, written contiguous
+    out = images[:b] * draws.m.to(device=x.device, dtype=dtype).view(-1, 1, 1, 1)
     images[:b].clamp_(0.0, 1.0)
     latest = torch.arange(b * width) // width  # row of ``images`` holding each chain's latest image
     end = b
@@ -334,12 +348,37 @@ def apply_chains(x: Tensor, draws: ChainDraws, ops: Sequence[str] = AUGMIX_OPS) 
             order = run_kernels(images, latest[live], op_index[live], magnitude, ops, images[end : end + n])
             latest[live[order]] = torch.arange(end, end + n)
             end += n
-    coef = ((1.0 - draws.m.unsqueeze(1)) * draws.weights).to(device=work.device, dtype=work.dtype)  # (B, width)
+    coef = ((1.0 - draws.m.unsqueeze(1)) * draws.weights).to(device=x.device, dtype=dtype)  # (B, width)
     for i in range(width):
         out.addcmul_(take_rows(images, latest[i::width]), coef[:, i].view(-1, 1, 1, 1))
-    if out.stride() != work.stride():
-        out = torch.empty_like(work).copy_(out)  # x's memory format
-    return out.to(x.dtype)
+    if normalization is not None:
+        out.sub_(mean).div_(std)
+    if out.stride() == x.stride() and out.dtype == x.dtype:
+        return out
+    return fresh_like(x).copy_(out)  # x's memory format and dtype
+
+
+_CHAINS = threading.local()
+
+
+def _chain_buffer(numel: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """This thread's chain buffer of at least ``numel`` elements (CPU; grown on demand, kept
+    until :func:`release_chain_buffer`); other devices get a new tensor."""
+    if device.type != "cpu":
+        return torch.empty(numel, dtype=dtype, device=device)
+    bufs = getattr(_CHAINS, "bufs", None)
+    if bufs is None:
+        bufs = _CHAINS.bufs = {}
+    buf = bufs.get(dtype)
+    if buf is None or buf.numel() < numel:
+        buf = bufs[dtype] = torch.empty(numel, dtype=dtype)
+    return buf[:numel]
+
+
+def release_chain_buffer() -> None:
+    """Free this thread's AugMix chain buffer (made again when next needed)."""
+    if hasattr(_CHAINS, "bufs"):
+        del _CHAINS.bufs
 
 
 def augment_chains(x: Tensor, *, width: int = 3, depth: int = -1, severity: int = 3, alpha: float = 1.0,

@@ -178,8 +178,9 @@ class AugMix(MixMethod):
         return out
 
     def _augment(self, x: Tensor, chains: ChainDraws) -> Tensor:
-        work = x.float() if x.dtype in _HALF else x
-        return self._from_pixels(apply_chains(self._to_pixels(work), chains, self.ops)).to(x.dtype)
+        # pixels, chains and back in one pass each way (apply_chains fuses the conversions)
+        stats = self._stats(x, torch.float32 if x.dtype in _HALF else x.dtype)
+        return apply_chains(x, chains, self.ops, normalization=stats)
 
     def target(self, y: Tensor, params: Params) -> MixTarget:
         return MixTarget.unmixed(y, self.num_classes)

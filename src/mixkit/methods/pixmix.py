@@ -29,6 +29,7 @@ from mixkit.functional.augment_ops import (
     apply_ops_grouped,
     sample_ops,
 )
+from mixkit.functional.alloc import fresh_like
 from mixkit.functional.blend import gather_rows, match_format, memory_order, take_rows
 from mixkit.functional.pixmix_pictures import (
     _crop,
@@ -68,8 +69,14 @@ def multiplicative_mix(img1: Tensor, img2: Tensor, a: Tensor, b: Tensor) -> Tens
     Args:
         img1, img2: ``(B, C, H, W)`` pixels in [0, 1] (float32 or wider: 5e-38 underflows in half).
         a, b: weight tensors broadcastable to the images (``a > 0``).
+
+    Computed as one ``exp(a ln img1 + b ln max(img2, 5e-38) + (a + b - 1) ln 2)``: the
+    vectorised ``log`` and ``exp`` kernels are several times faster than two elementwise
+    ``pow`` with per-sample exponents (about 4x on the CPU). The result is within a few
+    parts per million of the correctly rounded powers (an ``img1`` of 0 still gives 0).
     """
-    return img1.pow(a).mul_(img2.clamp_min(5e-38).pow_(b)).mul_(torch.exp2(a + b - 1))
+    power = torch.log(img1).mul_(a).addcmul_(torch.log(img2.clamp_min(5e-38)), b)
+    return power.add_((a + b - 1) * math.log(2.0)).exp_()
 
 
 def mixing_coefficients(size: tuple[int, ...], beta: float, *, generator: torch.Generator | None = None) -> Tensor:
@@ -272,23 +279,30 @@ class PixMix(MixMethod):
         changed = (params.ops[:, 0] >= 0) | (params.rounds > 0)
         if not bool(changed.any()):
             return x.clone()
-        work = x.to(torch.promote_types(x.dtype, torch.float32))
-        px = self._to_pixels(work)
-        mixed = px.clamp(0, 1)  # in x's layout, mixed in place
-        pixels = mixed  # the augmented copies start from contiguous rows (a clamp writes them faster than a copy)
-        if not mixed.is_contiguous():
-            pixels = torch.clamp(px, 0, 1, out=torch.empty(px.shape, dtype=px.dtype, device=px.device))
+        dtype = torch.promote_types(x.dtype, torch.float32)
+        stats = self._stats(x, dtype)
+        # contiguous work in pixel units: per-channel broadcasts over a channels_last batch are
+        # several times slower, so the layout changes once on the way in (fused with the
+        # conversion to pixels) and once on the way out
+        mixed = torch.empty(x.shape, dtype=dtype, device=x.device)
+        if stats is None:
+            mixed.copy_(x).clamp_(0, 1)
+        else:
+            torch.mul(x, stats[1], out=mixed).add_(stats[0]).clamp_(0, 1)
         live = torch.arange(params.use_picture.shape[1]) < params.rounds.unsqueeze(1)  # (B, k)
-        sources, slot, picture = self._sources(x, pixels, params, (live & params.use_picture).any(1))
+        sources, slot, picture = self._sources(x, mixed, params, (live & params.use_picture).any(1))
         start = (slot[:, 0] >= 0).nonzero().squeeze(1)
-        if start.numel():  # copied to mixed's layout first: a row write across layouts is several times slower
-            mixed[start.to(px.device)] = match_format(take_rows(sources, slot[start, 0]), mixed)
+        if start.numel():
+            mixed[start.to(x.device)] = take_rows(sources, slot[start, 0])
         partner = torch.where(params.use_picture, picture.unsqueeze(1), slot[:, 1:])  # (B, k) rows of sources
         _rounds(mixed, sources, partner, live, params)
-        out = self._from_pixels(mixed)
+        out = mixed if stats is None else mixed.sub_(stats[0]).div_(stats[1])
         kept = (~changed).nonzero().squeeze(1).to(x.device)
-        out[kept] = work[kept]  # exact copies of the samples left alone
-        return match_format(out.to(x.dtype), x)
+        if kept.numel():
+            out[kept] = x[kept].to(dtype)  # exact copies of the samples left alone
+        if out.stride() == x.stride() and out.dtype == x.dtype:
+            return out
+        return fresh_like(x).copy_(out)  # x's memory format and dtype
 
     def _sources(self, x: Tensor, pixels: Tensor, params: PixMixParams,
                  needed: Tensor) -> tuple[Tensor, Tensor, Tensor]:

@@ -1,0 +1,91 @@
+"""The fused pixel-space paths of AugMix and PixMix: normalisation folded into the copies into
+and out of the work buffer, the reused chain buffer, and the exp/log multiplicative mixing."""
+
+from __future__ import annotations
+
+import torch
+
+import mixkit
+from mixkit.functional import augment_ops, release_scratch
+from mixkit.functional.augment_ops import ALL_OPS, apply_chains, sample_chains
+from mixkit.methods.pixmix import mixing_coefficients, multiplicative_mix
+
+MEAN, STD = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _stats(dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.tensor(MEAN, dtype=dtype).view(1, 3, 1, 1), torch.tensor(STD, dtype=dtype).view(1, 3, 1, 1)
+
+
+def test_apply_chains_normalisation_is_the_same_as_converting_around_it():
+    for dtype, layout in ((torch.float32, torch.channels_last), (torch.float32, torch.contiguous_format),
+                          (torch.bfloat16, torch.channels_last), (torch.float64, torch.contiguous_format)):
+        work = torch.float32 if dtype == torch.bfloat16 else dtype
+        mean, std = _stats(work)
+        x = ((torch.rand(9, 3, 12, 12, generator=gen(1)) - 0.45) / 0.25).to(dtype).contiguous(memory_format=layout)
+        before = x.clone()
+        draws = sample_chains(9, (12, 12), ops=ALL_OPS, severity=10, generator=gen(2))
+        got = apply_chains(x, draws, ALL_OPS, normalization=(mean, std))
+        pixels = x.to(work) * std + mean  # the old composition: to pixels, chains, back
+        want = ((apply_chains(pixels, draws, ALL_OPS) - mean) / std).to(dtype)
+        assert torch.equal(got, want), (dtype, layout)
+        assert got.dtype == dtype and got.is_contiguous(memory_format=layout)
+        assert torch.equal(x, before)
+
+
+def test_chain_buffer_is_reused_but_never_returned():
+    x = torch.rand(6, 3, 10, 10, generator=gen(3))
+    draws = sample_chains(6, (10, 10), generator=gen(4))
+    first = apply_chains(x, draws)
+    kept = first.clone()
+    second = apply_chains(torch.rand(6, 3, 10, 10, generator=gen(5)), sample_chains(6, (10, 10), generator=gen(6)))
+    assert torch.equal(first, kept)  # the second call wrote into the buffer, not into the first result
+    buf = augment_ops._CHAINS.bufs[torch.float32]
+    for out in (first, second):
+        assert out.untyped_storage().data_ptr() != buf.untyped_storage().data_ptr()
+    release_scratch()
+    assert not hasattr(augment_ops._CHAINS, "bufs")
+    assert torch.equal(apply_chains(x, draws), kept)  # made again when next needed
+
+
+def test_augmix_and_pixmix_give_the_same_values_in_both_layouts():
+    y = torch.arange(8) % 4
+    x = (torch.rand(8, 3, 16, 16, generator=gen(7)) - 0.45) / 0.25
+    for name in ("augmix", "pixmix"):
+        method = mixkit.create(name, mode="elem", p=0.7)
+        method.set_input_normalization(MEAN, STD)
+        plain = method(x, y, generator=gen(8)).x
+        last = method(x.contiguous(memory_format=torch.channels_last), y, generator=gen(8)).x
+        assert last.is_contiguous(memory_format=torch.channels_last) and plain.is_contiguous()
+        assert torch.equal(plain, last), name
+
+
+def test_pixmix_keeps_the_samples_it_leaves_alone_exactly():
+    y = torch.arange(64) % 4
+    x = ((torch.rand(64, 3, 8, 8, generator=gen(9)) - 0.45) / 0.25).to(torch.bfloat16)
+    method = mixkit.create("pixmix", mode="elem", p=0.5)
+    method.set_input_normalization(MEAN, STD)
+    out = method(x, y, generator=gen(10))
+    changed = (out.params.ops[:, 0] >= 0) | (out.params.rounds > 0)
+    assert 0 < int(changed.sum()) < 64
+    assert torch.equal(out.x[~changed], x[~changed]) and out.x.dtype == torch.bfloat16
+
+
+def test_multiplicative_mix_matches_the_powers_in_float64():
+    x1, x2 = torch.rand(64, 3, 8, 8, generator=gen(11)), torch.rand(64, 3, 8, 8, generator=gen(12))
+    x1[0, 0, 0, :3] = 0.0
+    x2[1, 0, 0, :3] = 0.0  # clipped at 5e-38 before its (possibly negative) power
+    ab = mixing_coefficients((64,), 3.0, generator=gen(13)).float()
+    a, b = ab[:, 0].view(-1, 1, 1, 1), ab[:, 1].view(-1, 1, 1, 1)
+    got = multiplicative_mix(x1, x2, a, b)
+    d = lambda t: t.double()  # noqa: E731
+    want = d(x1).pow(d(a)) * d(x2).clamp_min(5e-38).pow(d(b)) * torch.exp2(d(a) + d(b) - 1)
+    assert torch.isfinite(got).all()
+    assert bool((got[0, 0, 0, :3] == 0).all())  # 0 ** a = 0 for a > 0
+    rel = (d(got) - want).abs() / want.abs().clamp_min(1e-30)
+    assert float(rel.max()) < 2e-5 and float(rel.median()) < 1e-6
+    assert float((d(got.clamp(0, 1)) - want.clamp(0, 1)).abs().max()) < 1e-6  # what PixMix keeps
