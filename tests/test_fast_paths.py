@@ -25,8 +25,11 @@ def _reference_blend(x: torch.Tensor, index: torch.Tensor, lam: torch.Tensor) ->
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 @pytest.mark.parametrize("per_sample", [False, True])
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_blend_rounds_once_from_float32(dtype, per_sample, channels_last, monkeypatch):
+@pytest.mark.parametrize("whole", [False, True])
+def test_blend_rounds_once_from_float32(dtype, per_sample, channels_last, whole, monkeypatch):
     monkeypatch.setattr(blend_mod, "_HALF_CHUNK", 100)  # several chunks, a ragged last one
+    if not whole:  # the chunked form of larger batches (else the batch is converted whole)
+        monkeypatch.setattr(blend_mod, "_HALF_WHOLE", 0)
     g = torch.Generator().manual_seed(1)
     x = (torch.rand(11, 3, 5, 7, generator=g) * 8 - 4).to(dtype)
     if channels_last:
@@ -38,6 +41,20 @@ def test_blend_rounds_once_from_float32(dtype, per_sample, channels_last, monkey
     assert torch.equal(x, before)
     assert out.dtype == dtype and out.is_contiguous(memory_format=torch.channels_last) == channels_last
     assert torch.equal(out, _reference_blend(x, index, lam))
+
+
+def test_whole_half_blend_returns_a_tensor_of_its_own():
+    """The whole-batch half blend works in reused float32 buffers; its results never share
+    them, so a later call leaves an earlier result intact."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(16, 3, 8, 8, generator=g).bfloat16()
+    index, lam = torch.randperm(16, generator=g), torch.rand(16, generator=g, dtype=torch.float64)
+    first = blend(x, index, lam)
+    kept = first.clone()
+    blend(torch.rand(16, 3, 8, 8, generator=g).bfloat16(), index, lam)
+    assert torch.equal(first, kept) and torch.equal(first, _reference_blend(x, index, lam))
+    for buf in blend_mod._SCRATCH.bufs["whole"]:
+        assert first.untyped_storage().data_ptr() != buf.untyped_storage().data_ptr()
 
 
 def test_half_rows_scratch_is_per_thread_and_grows():
