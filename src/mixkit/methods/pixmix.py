@@ -70,13 +70,13 @@ def multiplicative_mix(img1: Tensor, img2: Tensor, a: Tensor, b: Tensor) -> Tens
         img1, img2: ``(B, C, H, W)`` pixels in [0, 1] (float32 or wider: 5e-38 underflows in half).
         a, b: weight tensors broadcastable to the images (``a > 0``).
 
-    Computed as one ``exp(a ln img1 + b ln max(img2, 5e-38) + (a + b - 1) ln 2)``: the
-    vectorised ``log`` and ``exp`` kernels are several times faster than two elementwise
+    Computed as one ``2^(a log2 img1 + b log2 max(img2, 5e-38) + a + b - 1)``: the
+    vectorised ``log2`` and ``exp2`` kernels are several times faster than two elementwise
     ``pow`` with per-sample exponents (about 4x on the CPU). The result is within a few
     parts per million of the correctly rounded powers (an ``img1`` of 0 still gives 0).
     """
-    power = torch.log(img1).mul_(a).addcmul_(torch.log(img2.clamp_min(5e-38)), b)
-    return power.add_((a + b - 1) * math.log(2.0)).exp_()
+    power = torch.log2(img1).mul_(a).addcmul_(torch.log2(img2.clamp_min(5e-38)), b)
+    return power.add_(a + b - 1).exp2_()
 
 
 def mixing_coefficients(size: tuple[int, ...], beta: float, *, generator: torch.Generator | None = None) -> Tensor:
@@ -150,7 +150,7 @@ def _rounds(mixed: Tensor, sources: Tensor, partner: Tensor, live: Tensor, param
             mix = additive_mix if i % 2 else multiplicative_mix
             idx = rows[part].to(mixed.device)
             weights = (a[part].view(-1, 1, 1, 1), b[part].view(-1, 1, 1, 1))
-            mixed[idx] = mix(_rows(mixed, idx), take_rows(sources, partner[part]), *weights).clamp_(0, 1)
+            mixed.index_copy_(0, idx, mix(_rows(mixed, idx), take_rows(sources, partner[part]), *weights).clamp_(0, 1))
         start += count
 
 
@@ -293,13 +293,13 @@ class PixMix(MixMethod):
         sources, slot, picture = self._sources(x, mixed, params, (live & params.use_picture).any(1))
         start = (slot[:, 0] >= 0).nonzero().squeeze(1)
         if start.numel():
-            mixed[start.to(x.device)] = take_rows(sources, slot[start, 0])
+            mixed.index_copy_(0, start.to(x.device), take_rows(sources, slot[start, 0]))
         partner = torch.where(params.use_picture, picture.unsqueeze(1), slot[:, 1:])  # (B, k) rows of sources
         _rounds(mixed, sources, partner, live, params)
         out = mixed if stats is None else mixed.sub_(stats[0]).div_(stats[1])
         kept = (~changed).nonzero().squeeze(1).to(x.device)
         if kept.numel():
-            out[kept] = x[kept].to(dtype)  # exact copies of the samples left alone
+            out.index_copy_(0, kept, take_rows(x, kept).to(dtype))  # exact copies of the samples left alone
         if out.stride() == x.stride() and out.dtype == x.dtype:
             return out
         return fresh_like(x).copy_(out)  # x's memory format and dtype
