@@ -89,3 +89,24 @@ def test_multiplicative_mix_matches_the_powers_in_float64():
     rel = (d(got) - want).abs() / want.abs().clamp_min(1e-30)
     assert float(rel.max()) < 2e-5 and float(rel.median()) < 1e-6
     assert float((d(got.clamp(0, 1)) - want.clamp(0, 1)).abs().max()) < 1e-6  # what PixMix keeps
+
+
+def test_superpixel_lab_powers_match_float64_pow():
+    from mixkit.functional.superpixels import _power, rgb_to_lab
+
+    t = torch.rand(4096, generator=gen(14))
+    t[:3] = torch.tensor([0.0, 1.0, 1e-30])
+    for e in (2.4, 1.0 / 3.0):
+        got = _power(t.clone(), e).double()
+        want = t.double().pow(e)
+        assert bool((got[:2] == want[:2]).all())  # 0 and 1 exactly
+        assert float(((got - want).abs() / want.clamp_min(1e-30)).max()) < 1e-5
+    rgb = torch.rand(2, 3, 8, 8, generator=gen(15))
+    lab = rgb_to_lab(rgb).double()
+    lin = torch.where(rgb.double() <= 0.04045, rgb.double() / 12.92, ((rgb.double() + 0.055) / 1.055) ** 2.4)
+    assert float((lab[:, 0] - (116 * _f64_cbrt_y(lin) - 16)).abs().max()) < 1e-3  # L* from float64
+
+
+def _f64_cbrt_y(lin: torch.Tensor) -> torch.Tensor:
+    y = 0.212671 * lin[:, 0] + 0.715160 * lin[:, 1] + 0.072169 * lin[:, 2]
+    return torch.where(y <= 0.008856, 7.787 * y + 16.0 / 116.0, y.clamp_min(0) ** (1 / 3))

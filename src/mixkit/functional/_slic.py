@@ -105,10 +105,10 @@ def lab_into(rgb: Tensor, out: Tensor, ws: Workspace) -> None:
     into ``out`` (a float32 view), the same values bit for bit, in work tensors.
 
     The branches of the piecewise curves are picked by ``lerp`` with 0/1 weights (exact, and
-    faster than ``torch.where``). Each power runs on elements in the same memory order as in
-    ``rgb_to_lab`` (sRGB as the input, XYZ planes as the input's planes): which elements take
-    the vectorised or the scalar code path of ``pow`` must not change, the two may round
-    apart.
+    faster than ``torch.where``). Each power (``2^(e log2 t)``) runs on elements in the same
+    memory order as in ``rgb_to_lab`` (sRGB as the input, XYZ planes as the input's planes):
+    which elements take the vectorised or the scalar code path of ``log2`` and ``exp2`` must
+    not change, the two may round apart.
     """
     lin = rgb.to(torch.float32)
     if memory_format(lin) is None:
@@ -117,7 +117,7 @@ def lab_into(rgb: Tensor, out: Tensor, ws: Workspace) -> None:
         lin = torch.clamp(lin, 0.0, 1.0, out=ws.like("lin", lin))
     low = torch.le(lin, 0.04045, out=ws.like("low", lin))
     lo = torch.div(lin, 12.92, out=ws.like("lo", lin))
-    lin.add_(0.055).div_(1.055).pow_(2.4).lerp_(lo, low)
+    lin.add_(0.055).div_(1.055).log2_().mul_(2.4).exp2_().lerp_(lo, low)  # superpixels._power
     if memory_format(lin) == torch.channels_last:  # channels apart, for unit-stride planes
         lin = ws.get("planar", tuple(lin.shape)).copy_(lin)
     order = sorted(range(3), key=lambda d: -lin[:, 0].stride(d))  # a plane's memory order
@@ -129,7 +129,7 @@ def lab_into(rgb: Tensor, out: Tensor, ws: Workspace) -> None:
     small = torch.le(t, 0.008856, out=ws.get("small", t.shape))
     linear = torch.mul(t, 7.787, out=ws.get("linear", t.shape)).add_(16.0 / 116.0)
     for plane in t:
-        plane.pow_(1.0 / 3.0)
+        plane.log2_().mul_(1.0 / 3.0).exp2_()  # superpixels._power
     fx, fy, fz = t.lerp_(linear, small)
     torch.mul(fy, 116.0, out=out[:, 0].permute(order)).sub_(16.0)
     torch.sub(fx, fy, out=out[:, 1].permute(order)).mul_(500.0)
