@@ -135,9 +135,9 @@ def top_count_mask(flat: Tensor, num: Tensor) -> Tensor:
         order = torch.argsort(flat, dim=1, descending=True)
         by_rank = torch.arange(total, device=flat.device) < num.unsqueeze(1)
         return torch.zeros(flat.shape, dtype=torch.bool, device=flat.device).scatter_(1, order, by_rank)
-    thr = _cut_values(flat, num)
+    thr, at_least = _cut_values(flat, num)
     mask = flat >= thr.unsqueeze(1)
-    extra = mask.sum(dim=1) - num
+    extra = at_least - num
     if bool(extra.any()):  # ties at the cut: keep the earliest of the equal values
         tied = flat == thr.unsqueeze(1)
         drop = tied & (tied.flip(1).cumsum(dim=1).flip(1) <= extra.unsqueeze(1))
@@ -145,26 +145,42 @@ def top_count_mask(flat: Tensor, num: Tensor) -> Tensor:
     return mask
 
 
-def _cut_values(flat: Tensor, num: Tensor) -> Tensor:
-    """``(n,)`` the ``num[r]``-th largest value of each row (``+inf`` where ``num[r] == 0``)."""
+#: float32 ``2^23``: adding it to a value in ``[0, 2^22]`` rounds the value to an integer and
+#: leaves that integer in the low bits of the sum's IEEE pattern (above ``_MAGIC_BITS``)
+_MAGIC = 8388608.0
+_MAGIC_BITS = 0x4B000000
+
+
+def _cut_values(flat: Tensor, num: Tensor) -> tuple[Tensor, Tensor]:
+    """``(n,)`` the ``num[r]``-th largest value of each row (``+inf`` where ``num[r] == 0``),
+    and how many values of the row are at least that value (``num[r]`` unless ties)."""
     n, total = flat.shape
     buckets = max(1, min(total // 16, 4096))
-    low, high = torch.aminmax(flat, dim=1, keepdim=True)
-    # bucket = trunc((v - low) * scale): a monotone map of v onto 0..buckets-1 (the maximum
-    # lands at buckets - 1/2; rounding at the minimum gives -0.x, truncated to 0)
-    scale = (buckets - 0.5) / (high - low).clamp_min(torch.finfo(flat.dtype).tiny)
-    bucket = torch.addcmul(-low * scale, flat, scale).long()  # (n, N)
+    low, high = flat.amin(dim=1, keepdim=True), flat.amax(dim=1, keepdim=True)  # faster than one aminmax
+    # bucket = round((v - low) * scale) in 0..buckets-1, a monotone map of v: the rounding is
+    # done by adding 2^23 in float32 and reading the integer from the sum's bits (a float to
+    # integer conversion costs several times more); each row's buckets are r * buckets + ...
+    span = (high - low).double()
+    scale = torch.where(span > 0, (buckets - 1) / span, 0.0).clamp_max(torch.finfo(torch.float32).max).float()
+    u = torch.sub(flat, low, out=torch.empty(flat.shape, device=flat.device)).mul_(scale)  # >= 0: v >= low
     rows = torch.arange(n, device=flat.device).unsqueeze(1)
-    bucket.add_(rows * buckets)  # row r's buckets are r * buckets + 0..buckets-1
+    bucket = u.add_(_MAGIC).view(torch.int32).sub_((_MAGIC_BITS - rows * buckets).to(torch.int32))
     hist = torch.bincount(bucket.view(-1), minlength=n * buckets).view(n, buckets)
-    above = hist.flip(1).cumsum(dim=1).flip(1)  # above[r, j]: values in buckets >= j
+    above = hist.cumsum(dim=1).neg_().add_(hist).add_(total)  # above[r, j]: values in buckets >= j
     need = num.clamp_min(1)
     cut = (above >= need.unsqueeze(1)).sum(dim=1) - 1  # the highest bucket reaching the count
-    rank = need - (above.gather(1, cut.unsqueeze(1)).squeeze(1) - hist.gather(1, cut.unsqueeze(1)).squeeze(1))
-    r, c = (bucket == (cut.unsqueeze(1) + rows * buckets)).nonzero(as_tuple=True)  # row-major
+    in_cut = hist.gather(1, cut.unsqueeze(1)).squeeze(1)
+    higher = above.gather(1, cut.unsqueeze(1)).squeeze(1) - in_cut  # values above the cut's bucket
+    rank = need - higher
+    r, c = (bucket == (cut.unsqueeze(1) + rows * buckets).to(torch.int32)).nonzero(as_tuple=True)  # row-major
     vals = flat[r, c]
     vals, by_val = vals.sort(descending=True, stable=True)
     by_row = r[by_val].argsort(stable=True)  # rows ascending, values descending within a row
-    start = torch.cumsum(hist.gather(1, cut.unsqueeze(1)).squeeze(1), 0) - hist.gather(1, cut.unsqueeze(1)).squeeze(1)
-    thr = vals[by_row][start + rank - 1]
-    return torch.where(num > 0, thr, torch.full_like(thr, float("inf")))
+    vals, r = vals[by_row], r[by_val][by_row]
+    start = torch.cumsum(in_cut, 0) - in_cut
+    thr = vals[start + rank - 1]
+    # values of the cut's bucket at least thr (the bucket map is monotone: values in higher
+    # buckets exceed thr, values in lower ones fall short of it)
+    at_least = higher + torch.bincount(r[vals >= thr[r]], minlength=n)
+    live = num > 0
+    return torch.where(live, thr, torch.full_like(thr, float("inf"))), torch.where(live, at_least, 0)
