@@ -227,3 +227,22 @@ def test_pooled_blocks_across_threads_never_share_memory(tiny_threshold, empty_p
     for t in threads:
         t.join()
     assert not failures
+
+
+@needs_thp
+def test_a_slightly_smaller_request_reuses_a_kept_block(tiny_threshold, empty_pool):
+    mib = 1 << 18  # float32 elements per MiB
+    mapped = alloc._POOL_STATE["mapped"]
+    big = alloc.fresh((9 * mib,), torch.float32)  # 9 MiB: a 10 MiB block
+    del big
+    assert alloc.pooled_bytes() == 10 << 20
+    small = alloc.fresh((3 * mib,), torch.float32)  # a 4 MiB class: 10 MiB is too big for it
+    assert alloc._POOL_STATE["mapped"] == mapped + 2 and alloc.pooled_bytes() == 10 << 20
+    fits = alloc.fresh((7 * mib,), torch.float32)  # an 8 MiB class: the kept 10 MiB block (<= 1.25x)
+    assert alloc._POOL_STATE["mapped"] == mapped + 2 and alloc.pooled_bytes() == 0
+    assert fits.numel() == 7 * mib and _is_mapped(fits)
+    small.fill_(1.0)
+    fits.fill_(2.0)
+    assert bool((small == 1.0).all()) and bool((fits == 2.0).all())
+    del fits
+    assert alloc.pooled_bytes() == 10 << 20  # the block goes back under its own size

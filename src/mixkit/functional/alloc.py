@@ -12,7 +12,7 @@ same thing torch's ``THP_MEM_ALLOC_ENABLE=1`` does for every allocation of the p
 only for mixkit's own large outputs.
 
 When the last tensor on such a block is freed, the block is kept for the next output of the
-same size (a training loop mixes batches of one shape, so each call after the first two
+same size, or up to a quarter smaller (a training loop mixes batches of one shape, so each call after the first two
 reuses a block whose pages are already mapped: no faults, and no zeroing by the kernel, which
 is most of what even huge pages cost). At most :data:`POOL_PER_SIZE` blocks per size and
 :func:`pool_limit` bytes in all are kept; :func:`release_blocks` (or
@@ -108,13 +108,20 @@ def _give_back(block: mmap.mmap) -> None:
             _POOL_STATE["bytes"] += size
 
 
+#: a request may take a kept block up to this many times its size (batches of varying
+#: size, e.g. the rows a per-sample policy gives each method, then reuse mapped blocks)
+_BEST_FIT = 1.25
+
+
 def _take(size: int) -> mmap.mmap:
-    """A block of ``size`` bytes (a multiple of 2 MiB): a kept one, else a new mapping."""
+    """A block of at least ``size`` bytes (a multiple of 2 MiB): the smallest kept one of at
+    most ``_BEST_FIT`` times that, else a new mapping of exactly ``size``."""
     with _POOL_LOCK:
-        kept = _POOL.get(size)
-        if kept:
-            _POOL_STATE["bytes"] -= size
-            return kept.pop()
+        fits = [s for s, kept in _POOL.items() if kept and size <= s <= size * _BEST_FIT]
+        if fits:
+            best = min(fits)
+            _POOL_STATE["bytes"] -= best
+            return _POOL[best].pop()
     block = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     with _POOL_LOCK:
         _POOL_STATE["mapped"] += 1  # blocks mapped so far (tests count them)

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from mixkit.base import MixMethod
 from mixkit.errors import HyperParameterError
+from mixkit.functional.alloc import fresh_copy, fresh_like
 from mixkit.functional.blend import gather_rows, memory_order, select_rows, to_memory
 from mixkit.methods.cutting import CutMix, FMix, ResizeMix
 from mixkit.methods.cutting_masks import GMix, HMix, HMixParams, SmoothMix
@@ -221,7 +222,8 @@ class RandomChoice(MixMethod):
         if len(drawn) == 1 and drawn <= set(used):  # one method for every row (batch mode)
             return self._methods[choice[0]].apply(x, params.inner[choice[0]])
         # when every row drew a method, each is written below: no copy of x to start from
-        out = torch.empty_like(x) if drawn <= set(used) else x.clone()
+        # (in reusable blocks for large batches: no page faults, see mixkit.functional.alloc)
+        out = fresh_like(x) if drawn <= set(used) else fresh_copy(x)
         for k in used:
             rows = [r for r, c in enumerate(choice) if c == k]
             if rows:
