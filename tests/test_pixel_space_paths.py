@@ -110,3 +110,52 @@ def test_superpixel_lab_powers_match_float64_pow():
 def _f64_cbrt_y(lin: torch.Tensor) -> torch.Tensor:
     y = 0.212671 * lin[:, 0] + 0.715160 * lin[:, 1] + 0.072169 * lin[:, 2]
     return torch.where(y <= 0.008856, 7.787 * y + 16.0 / 116.0, y.clamp_min(0) ** (1 / 3))
+
+
+def test_apply_chains_refuses_an_x_that_requires_grad_and_stays_usable():
+    import pytest
+
+    x = torch.rand(4, 3, 8, 8, generator=gen(16))
+    draws = sample_chains(4, (8, 8), generator=gen(17))
+    want = apply_chains(x, draws)
+    with pytest.raises(ValueError, match="x.detach()"):
+        apply_chains(x.clone().requires_grad_(), draws)
+    assert torch.equal(apply_chains(x, draws), want)  # the thread's buffer is untouched
+    with torch.no_grad():
+        assert torch.equal(apply_chains(x.clone().requires_grad_(), draws), want)
+
+
+def test_large_chain_buffers_are_not_kept(monkeypatch):
+    monkeypatch.setattr(augment_ops, "_CHAIN_KEEP_BYTES", 1 << 10)
+    release_scratch()
+    x = torch.rand(4, 3, 8, 8, generator=gen(18))
+    draws = sample_chains(4, (8, 8), generator=gen(19))
+    out = apply_chains(x, draws)
+    assert not hasattr(augment_ops._CHAINS, "bufs")
+    monkeypatch.setattr(augment_ops, "_CHAIN_KEEP_BYTES", 64 << 20)
+    assert torch.equal(apply_chains(x, draws), out)  # kept or not, the same values
+
+
+def test_superpixel_methods_take_an_x_that_requires_grad_under_normalisation():
+    y = torch.arange(4) % 2
+    for name in ("superpixel_gridmix", "superpixel_gridcut", "superpixel_gridmean"):
+        method = mixkit.create(name, n_segments=8)
+        method.set_input_normalization(MEAN, STD)
+        x = torch.randn(4, 3, 16, 16, generator=gen(20)).requires_grad_()
+        out = method(x, y, generator=gen(21))
+        out.x.sum().backward()
+        assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+def test_multiplicative_mix_with_a_zero_exponent_and_black_pixels():
+    x1 = torch.tensor([0.0, 0.25, 1.0, float("nan")]).view(1, 1, 1, 4).repeat(2, 1, 1, 1)
+    x2 = torch.full((2, 1, 1, 4), 0.5)
+    a = torch.tensor([0.0, 0.5]).view(2, 1, 1, 1)
+    b = torch.tensor([0.5, -0.5]).view(2, 1, 1, 1)
+    got = multiplicative_mix(x1, x2, a, b)
+    d = lambda t: t.double()  # noqa: E731
+    want = d(x1).pow(d(a)) * d(x2).pow(d(b)) * torch.exp2(d(a) + d(b) - 1)  # 0 ** 0 = 1
+    assert torch.isnan(got[1, 0, 0, 3]) and not torch.isnan(got[0, 0, 0, 3])  # as pow: nan ** 0 = 1
+    torch.testing.assert_close(d(got[0]), want[0], rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(d(got[1, ..., :3]), want[1, ..., :3], rtol=1e-5, atol=1e-7)
+    assert float(got[0, 0, 0, 0]) > 0 and float(got[1, 0, 0, 0]) == 0.0

@@ -54,3 +54,25 @@ def test_binarised_fmix_masks_keep_their_exact_share():
     assert bool(((kept - lam * 96 * 96).abs() <= 1).all())
     for r in range(6):  # the kept pixels are the brightest ones
         assert float(noise[r][mask[r] > 0].min()) >= float(noise[r][mask[r] == 0].max())
+
+
+def test_values_beyond_float32_range_half_inputs_and_a_float64_default():
+    g = torch.Generator().manual_seed(6)
+    num = torch.tensor([0, 5, 4000, 4100])
+    cases = [
+        torch.randn(4, 4100, generator=g, dtype=torch.float64) * 1e300,  # spans overflow float32
+        (torch.rand(4, 4100, generator=g) * 2 - 1) * 3e38,  # finite, but a float32 span that overflows
+        ((torch.rand(4, 4100, generator=g) * 2 - 1) * 6e4).half(),  # finite, a half span beyond 65504
+        (torch.randn(4, 4100, generator=g) * 1e3).bfloat16(),  # many ties
+    ]
+    for flat in cases:
+        got = top_count_mask(flat, num)
+        assert torch.equal(got.sum(dim=1), num)
+        assert torch.equal(got, _reference(flat.double(), num)), flat.dtype
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        flat = torch.randn(4, 4100, generator=g, dtype=torch.float32)
+        assert torch.equal(top_count_mask(flat, num), _reference(flat, num))
+    finally:
+        torch.set_default_dtype(default)

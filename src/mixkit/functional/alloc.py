@@ -12,7 +12,7 @@ same thing torch's ``THP_MEM_ALLOC_ENABLE=1`` does for every allocation of the p
 only for mixkit's own large outputs.
 
 When the last tensor on such a block is freed, the block is kept for the next output of the
-same size, or up to a quarter smaller (a training loop mixes batches of one shape, so each call after the first two
+same size, or up to a fifth smaller (a training loop mixes batches of one shape, so each call after the first two
 reuses a block whose pages are already mapped: no faults, and no zeroing by the kernel, which
 is most of what even huge pages cost). At most :data:`POOL_PER_SIZE` blocks per size and
 :func:`pool_limit` bytes in all are kept; :func:`release_blocks` (or

@@ -307,8 +307,9 @@ def apply_chains(x: Tensor, draws: ChainDraws, ops: Sequence[str] = AUGMIX_OPS, 
 
     All ``B * width`` chains run together, one depth step at a time: each step appends the
     images of the chains still running to one buffer (so no image is copied back in place).
-    The buffer is this thread's scratch, reused across calls (a fresh one of several
-    megabytes costs its page faults on every call); the result is a tensor of its own.
+    Up to ``_CHAIN_KEEP_BYTES`` (64 MiB: a batch of 128 at 32x32 needs about 11 MB) the
+    buffer is this thread's scratch, reused across calls (a fresh one costs its page faults
+    on every call); the result is always a tensor of its own.
 
     Args:
         x: ``(B, C, H, W)`` float pixels in [0, 1]; never modified.
@@ -323,6 +324,11 @@ def apply_chains(x: Tensor, draws: ChainDraws, ops: Sequence[str] = AUGMIX_OPS, 
         ``(B, C, H, W)`` tensor of ``x``'s dtype and memory format.
     """
     _check_images(x)
+    if torch.is_grad_enabled() and x.requires_grad:
+        raise ValueError(
+            "apply_chains is not differentiable (its operations run in place and are mostly piecewise "
+            "constant), but x requires grad: pass x.detach(), or call it under torch.no_grad()"
+        )
     b, width, depth = draws.ops.shape
     if b != x.shape[0]:
         raise ShapeError(f"draws are for {b} samples but x has batch size {x.shape[0]}")
@@ -359,12 +365,15 @@ def apply_chains(x: Tensor, draws: ChainDraws, ops: Sequence[str] = AUGMIX_OPS, 
 
 
 _CHAINS = threading.local()
+#: largest chain buffer kept per thread between calls (larger ones are made per call)
+_CHAIN_KEEP_BYTES = 64 << 20
 
 
 def _chain_buffer(numel: int, dtype: torch.dtype, device: torch.device) -> Tensor:
-    """This thread's chain buffer of at least ``numel`` elements (CPU; grown on demand, kept
-    until :func:`release_chain_buffer`); other devices get a new tensor."""
-    if device.type != "cpu":
+    """This thread's chain buffer of at least ``numel`` elements (CPU, up to
+    ``_CHAIN_KEEP_BYTES``; grown on demand, kept until :func:`release_chain_buffer`); larger
+    buffers and other devices get a new tensor."""
+    if device.type != "cpu" or numel * dtype.itemsize > _CHAIN_KEEP_BYTES:
         return torch.empty(numel, dtype=dtype, device=device)
     bufs = getattr(_CHAINS, "bufs", None)
     if bufs is None:

@@ -234,7 +234,8 @@ def _scratch(numel: int, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
     bufs = getattr(_SCRATCH, "bufs", {})
     have = bufs.get(dtype)
     if have is None or have[0].numel() < numel:
-        have = (torch.empty(numel, dtype=dtype), torch.empty(numel), torch.empty(numel))
+        have = (torch.empty(numel, dtype=dtype), torch.empty(numel, dtype=torch.float32),
+                torch.empty(numel, dtype=torch.float32))
         bufs[dtype] = have
         _SCRATCH.bufs = bufs
     return have
@@ -246,7 +247,7 @@ def _whole_scratch(numel: int) -> tuple[Tensor, Tensor]:
     bufs = getattr(_SCRATCH, "bufs", {})
     have = bufs.get("whole")
     if have is None or have[0].numel() < numel:
-        have = bufs["whole"] = (torch.empty(numel), torch.empty(numel))
+        have = bufs["whole"] = (torch.empty(numel, dtype=torch.float32), torch.empty(numel, dtype=torch.float32))
         _SCRATCH.bufs = bufs
     return have[0][:numel], have[1][:numel]
 

@@ -160,9 +160,14 @@ def _cut_values(flat: Tensor, num: Tensor) -> tuple[Tensor, Tensor]:
     # bucket = round((v - low) * scale) in 0..buckets-1, a monotone map of v: the rounding is
     # done by adding 2^23 in float32 and reading the integer from the sum's bits (a float to
     # integer conversion costs several times more); each row's buckets are r * buckets + ...
-    span = (high - low).double()
-    scale = torch.where(span > 0, (buckets - 1) / span, 0.0).clamp_max(torch.finfo(torch.float32).max).float()
-    u = torch.sub(flat, low, out=torch.empty(flat.shape, device=flat.device)).mul_(scale)  # >= 0: v >= low
+    span = high.double() - low.double()
+    scale = torch.where(span > 0, (buckets - 1) / span, 0.0)
+    if flat.dtype == torch.float32 and bool(torch.isfinite(high - low).all()):
+        # v - low >= 0 and its product with the scale at most buckets - 1 (+ rounding)
+        u = torch.sub(flat, low, out=torch.empty(flat.shape, dtype=torch.float32, device=flat.device))
+        u.mul_(scale.clamp_max(torch.finfo(torch.float32).max).float())
+    else:  # float64, half, or a float32 span beyond float32's range: the product in float64
+        u = torch.sub(flat.double(), low.double()).mul_(scale).float()  # flat itself is only read
     rows = torch.arange(n, device=flat.device).unsqueeze(1)
     bucket = u.add_(_MAGIC).view(torch.int32).sub_((_MAGIC_BITS - rows * buckets).to(torch.int32))
     hist = torch.bincount(bucket.view(-1), minlength=n * buckets).view(n, buckets)

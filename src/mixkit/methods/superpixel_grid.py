@@ -101,12 +101,13 @@ class _SuperpixelGrid(MixMethod):
         """``x`` as float32 pixels in [0, 1] for the segmentation (integers read as 8-bit)."""
         if not x.is_floating_point():
             return x.to(torch.float32) / 255.0
-        stats = self._stats(x, torch.float32)
+        x = x.detach().to(torch.float32)  # the segmentation is not differentiable
+        stats = self._stats(x)
         if stats is None:
-            return x.to(torch.float32)
+            return x
         # written contiguous: a per-channel broadcast over a channels_last batch is several
         # times slower, and the segmentation reads colour planes anyway
-        return torch.mul(x, stats[1], out=torch.empty(x.shape, device=x.device)).add_(stats[0])
+        return torch.mul(x, stats[1], out=torch.empty(x.shape, dtype=torch.float32, device=x.device)).add_(stats[0])
 
     def _segments(self, x: Tensor, rows: Tensor) -> Tensor:
         """``(B, H, W)`` SLIC labels of the images in ``rows`` (0 elsewhere)."""
