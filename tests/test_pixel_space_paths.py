@@ -136,6 +136,22 @@ def test_large_chain_buffers_are_not_kept(monkeypatch):
     assert torch.equal(apply_chains(x, draws), out)  # kept or not, the same values
 
 
+def test_chains_worked_through_in_chunks_give_the_same_values(monkeypatch):
+    mean, std = _stats(torch.float32)
+    for dtype in (torch.float32, torch.bfloat16):
+        x = ((torch.rand(13, 3, 10, 10, generator=gen(22)) - 0.45) / 0.25).to(dtype)
+        x = x.contiguous(memory_format=torch.channels_last)
+        draws = sample_chains(13, (10, 10), ops=ALL_OPS, severity=10, generator=gen(23))
+        whole = apply_chains(x, draws, ALL_OPS, normalization=(mean, std))
+        monkeypatch.setattr(augment_ops, "_CHAIN_KEEP_BYTES", 30 * 3 * 10 * 10 * 4)  # 30 images a chunk
+        assert len(augment_ops._chunks((1 + (draws.ops >= 0).flatten(1).sum(1)).tolist(), 30)) > 2
+        chunked = apply_chains(x, draws, ALL_OPS, normalization=(mean, std))
+        monkeypatch.undo()
+        assert torch.equal(chunked, whole) and chunked.is_contiguous(memory_format=torch.channels_last)
+    assert augment_ops._chunks([3, 4, 2, 5, 1], 6) == [(0, 1), (1, 3), (3, 5)]
+    assert augment_ops._chunks([9, 2], 4) == [(0, 1), (1, 2)]  # a sample larger than the room: alone
+
+
 def test_superpixel_methods_take_an_x_that_requires_grad_under_normalisation():
     y = torch.arange(4) % 2
     for name in ("superpixel_gridmix", "superpixel_gridcut", "superpixel_gridmean"):

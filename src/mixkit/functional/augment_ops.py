@@ -307,9 +307,10 @@ def apply_chains(x: Tensor, draws: ChainDraws, ops: Sequence[str] = AUGMIX_OPS, 
 
     All ``B * width`` chains run together, one depth step at a time: each step appends the
     images of the chains still running to one buffer (so no image is copied back in place).
-    Up to ``_CHAIN_KEEP_BYTES`` (64 MiB: a batch of 128 at 32x32 needs about 11 MB) the
-    buffer is this thread's scratch, reused across calls (a fresh one costs its page faults
-    on every call); the result is always a tensor of its own.
+    The buffer is this thread's scratch of at most ``_CHAIN_KEEP_BYTES`` (16 MiB), reused
+    across calls (a fresh one costs its page faults on every call): a batch whose chains need
+    more (large images) is worked through a few samples at a time, with the same values. The
+    result is always a tensor of its own.
 
     Args:
         x: ``(B, C, H, W)`` float pixels in [0, 1]; never modified.
@@ -334,6 +335,41 @@ def apply_chains(x: Tensor, draws: ChainDraws, ops: Sequence[str] = AUGMIX_OPS, 
         raise ShapeError(f"draws are for {b} samples but x has batch size {x.shape[0]}")
     ops = _check_ops(ops)
     dtype = torch.float32 if x.dtype in _HALF else x.dtype
+    images_per_sample = 1 + (draws.ops >= 0).flatten(1).sum(dim=1)  # the sample, then its chains' images
+    sample_bytes = math.prod(x.shape[1:]) * dtype.itemsize
+    room = max(1, _CHAIN_KEEP_BYTES // sample_bytes)  # images the kept buffer holds
+    chunks = _chunks(images_per_sample.tolist(), room) if x.device.type == "cpu" else [(0, b)]
+    if len(chunks) == 1:
+        out = _mixture(x, draws, ops, dtype, normalization)
+        if out.stride() == x.stride() and out.dtype == x.dtype:
+            return out
+        return fresh_like(x).copy_(out)  # x's memory format and dtype
+    # large images: a few samples at a time, so the work fits the kept buffer (no batch-sized
+    # buffer of chain images is mapped and faulted in at every call; each row's values are the same)
+    result = fresh_like(x)
+    for start, stop in chunks:
+        part = draws.take(torch.arange(start, stop))
+        result[start:stop] = _mixture(x[start:stop], part, ops, dtype, normalization)
+    return result
+
+
+def _chunks(images: list[int], room: int) -> list[tuple[int, int]]:
+    """Consecutive ``(start, stop)`` sample ranges whose images (``images[i]`` per sample) fit
+    ``room`` images, each holding at least one sample."""
+    chunks, start, used = [], 0, 0
+    for i, n in enumerate(images):
+        if used and used + n > room:
+            chunks.append((start, i))
+            start, used = i, 0
+        used += n
+    chunks.append((start, len(images)))
+    return chunks
+
+
+def _mixture(x: Tensor, draws: ChainDraws, ops: tuple[str, ...], dtype: torch.dtype,
+             normalization: tuple[Tensor, Tensor] | None) -> Tensor:
+    """:func:`apply_chains` on checked arguments, as a contiguous tensor of ``dtype``."""
+    b, width, depth = draws.ops.shape
     rows = b + int((draws.ops >= 0).sum())  # the batch, then each step's images
     images = _chain_buffer(rows * math.prod(x.shape[1:]), dtype, x.device).view((rows,) + tuple(x.shape[1:]))
     if normalization is None:
@@ -359,14 +395,13 @@ def apply_chains(x: Tensor, draws: ChainDraws, ops: Sequence[str] = AUGMIX_OPS, 
         out.addcmul_(take_rows(images, latest[i::width]), coef[:, i].view(-1, 1, 1, 1))
     if normalization is not None:
         out.sub_(mean).div_(std)
-    if out.stride() == x.stride() and out.dtype == x.dtype:
-        return out
-    return fresh_like(x).copy_(out)  # x's memory format and dtype
+    return out
 
 
 _CHAINS = threading.local()
-#: largest chain buffer kept per thread between calls (larger ones are made per call)
-_CHAIN_KEEP_BYTES = 64 << 20
+#: largest chain buffer kept per thread between calls: larger batches are worked through a
+#: few samples at a time (16 MiB: a batch of 128 at 32x32 needs about 11 MB)
+_CHAIN_KEEP_BYTES = 16 << 20
 
 
 def _chain_buffer(numel: int, dtype: torch.dtype, device: torch.device) -> Tensor:
