@@ -29,7 +29,7 @@ from mixkit.functional.augment_ops import (
     apply_ops_grouped,
     sample_ops,
 )
-from mixkit.functional.alloc import fresh_like
+from mixkit.functional.alloc import fresh, fresh_like
 from mixkit.functional.blend import match_format, take_rows
 from mixkit.functional.pixmix_pictures import (
     _crop,
@@ -282,7 +282,7 @@ class PixMix(MixMethod):
         # contiguous work in pixel units: per-channel broadcasts over a channels_last batch are
         # several times slower, so the layout changes once on the way in (fused with the
         # conversion to pixels) and once on the way out
-        mixed = torch.empty(x.shape, dtype=dtype, device=x.device)
+        mixed = fresh(tuple(x.shape), dtype, x.device)  # large batches: a reused block, no page faults
         if stats is None:
             mixed.copy_(x).clamp_(0, 1)
         else:
@@ -312,7 +312,7 @@ class PixMix(MixMethod):
         rows, cols = (params.ops >= 0).nonzero(as_tuple=True)
         chosen = needed.nonzero().squeeze(1)
         n = rows.numel()
-        sources = pixels.new_empty((n + chosen.numel(),) + tuple(pixels.shape[1:]))
+        sources = fresh((n + chosen.numel(),) + tuple(pixels.shape[1:]), pixels.dtype, pixels.device)
         slot = torch.full(params.ops.shape, -1, dtype=torch.long)
         if n:
             order = apply_ops_grouped(pixels, rows, params.ops[rows, cols], params.magnitude[rows, cols], sources[:n],
