@@ -255,6 +255,21 @@ def test_work_buffers_kept_between_calls_do_not_leak_into_other_calls():
     assert all(torch.equal(r, fresh[i % 3]) for i, rs in results.items() for r in rs)
 
 
+def test_large_batches_are_segmented_in_chunks_with_the_same_labels(monkeypatch):
+    x = torch.rand(20, 3, 16, 16, generator=gen(7))
+    whole = SP.slic_labels(x, 16)
+    calls = []
+    segment_chunk = _slic._segment
+    monkeypatch.setattr(_slic, "_segment", lambda *a: calls.append(a[0].shape[0]) or segment_chunk(*a))
+    monkeypatch.setattr(_slic, "WORKSPACE_BYTES", 9 * _slic.BYTES_PER_PIXEL * 16 * 16)  # room for 9: chunks of 8
+    assert torch.equal(SP.slic_labels(x, 16), whole)
+    assert calls == [8, 8, 4]  # chunks of a multiple of 8 images: two workspace keys, both kept
+    assert len(_slic._local.workspaces) == 2
+    assert torch.equal(SP.slic_labels(x, 16), whole)
+    _slic.release_workspace()
+    assert not hasattr(_slic._local, "workspaces")
+
+
 # ---------------------------------------------------------------------------- statistics
 def test_segment_means_reproduce_a_piecewise_constant_image_exactly():
     labels = torch.randint(0, 7, (3, 9, 11), generator=gen(3))

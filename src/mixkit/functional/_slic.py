@@ -29,9 +29,10 @@ from torch import Tensor
 #: sRGB (D65) to XYZ, and the D65 white point (the matrix and white scikit-image uses).
 RGB_TO_XYZ = ((0.412453, 0.357580, 0.180423), (0.212671, 0.715160, 0.072169), (0.019334, 0.119193, 0.950227))
 WHITE = (0.95047, 1.0, 1.08883)
-#: Bytes of work tensors a thread keeps between calls (:func:`workspace`): 27 MB serve a
-#: batch of 128 RGB images of 32 x 32 pixels, 102 MB one of 64 x 64.
-WORKSPACE_BYTES = 128 << 20
+#: Bytes of work tensors a thread keeps between calls in each of its (at most two) workspaces
+#: (:func:`workspace`): 27 MB serve a batch of 128 RGB images of 32 x 32 pixels, 102 MB one of
+#: 64 x 64; larger batches are segmented in chunks that fit (16 images of 224 x 224).
+WORKSPACE_BYTES = 176 << 20
 
 
 def memory_format(t: Tensor) -> torch.memory_format | None:
@@ -84,20 +85,31 @@ def workspace(key: tuple, device: torch.device) -> Workspace:
     On CPU a freed multi-megabyte tensor goes back to the system, and each 4 KB page of the
     next one faults when first written (about 4 us on a virtual machine: a 1.5 MB buffer
     costs 1.6 ms, ten passes of arithmetic over it); SLIC needs the same buffers call after
-    call, so each thread keeps those of its last key. Other devices cache memory already.
+    call, so each thread keeps those of its last two keys (a batch segmented in chunks uses
+    two: the full chunks' and the last one's). Other devices cache memory already.
     """
     if device.type != "cpu":
         return Workspace(device)
-    last = getattr(_local, "workspace", None)
-    if last is None or last[0] != key:
-        last = _local.workspace = (key, Workspace(device, WORKSPACE_BYTES))
-    return last[1]
+    kept = getattr(_local, "workspaces", None)
+    if kept is None:
+        kept = _local.workspaces = {}
+    ws = kept.pop(key, None)
+    if ws is None:
+        ws = Workspace(device, WORKSPACE_BYTES)
+        while len(kept) >= 2:  # dict order: the least recently used first
+            del kept[next(iter(kept))]
+    kept[key] = ws  # the most recently used last
+    return ws
 
 
 def release_workspace() -> None:
-    """Drop this thread's kept workspace (made again by the next call)."""
-    if hasattr(_local, "workspace"):
-        del _local.workspace
+    """Drop this thread's kept workspaces (made again by the next call)."""
+    if hasattr(_local, "workspaces"):
+        del _local.workspaces
+
+
+#: about how many bytes of work tensors SLIC needs per pixel of an RGB image (see segment)
+BYTES_PER_PIXEL = 208
 
 
 def lab_into(rgb: Tensor, out: Tensor, ws: Workspace) -> None:
@@ -306,7 +318,28 @@ class Slic:
 
 def segment(x: Tensor, grid: tuple[int, int, int, int], compactness: float, iterations: int) -> Tensor:
     """SLIC labels ``(B, H, W)`` of float32 pixels ``x`` on the initial ``grid`` (arguments
-    checked by the caller)."""
+    checked by the caller).
+
+    On the CPU a batch whose work tensors would exceed the kept workspace
+    (:data:`WORKSPACE_BYTES`, about :data:`BYTES_PER_PIXEL` per pixel: large images) is
+    segmented a few images at a time (chunks of a multiple of 8 images, or of one), so that the
+    workspaces are reused from call to call instead of mapped and faulted in again (each
+    image's superpixels are its own; which elements take the vectorised or the scalar tail
+    of the colour conversion's kernels can differ, so rare pixels may round apart).
+    """
+    b = x.shape[0]
+    per_image = BYTES_PER_PIXEL * x.shape[1] * x.shape[2] * x.shape[3] // 3
+    fits = max(1, WORKSPACE_BYTES // max(1, per_image))
+    if x.device.type != "cpu" or b <= fits:
+        return _segment(x, grid, compactness, iterations)
+    # the images are the innermost dim of the work tensors: a chunk of a few images (not a
+    # multiple of the vector width, 8 floats) runs several times slower than one of 8 or 1
+    size = fits // 8 * 8 or 1
+    return torch.cat([_segment(x[i : i + size], grid, compactness, iterations) for i in range(0, b, size)])
+
+
+def _segment(x: Tensor, grid: tuple[int, int, int, int], compactness: float, iterations: int) -> Tensor:
+    """:func:`segment` of one chunk."""
     b, c, h, w = x.shape
     lay = layout(h, w, grid, x.device)
     ws = workspace((x.shape, x.stride(), grid), x.device)
