@@ -319,3 +319,16 @@ def test_mask_params_replay_on_features():
         feats = torch.randn(3, 7, 8, 8, generator=gen(28))
         m = out.params.mask.float()
         torch.testing.assert_close(mixkit.create(name).apply(feats, out.params), m * feats + (1 - m) * feats[out.params.index])
+
+
+def test_row_sums64_equals_the_whole_float64_reduction(monkeypatch):
+    import importlib
+
+    masks_mod = importlib.import_module("mixkit.functional.masks")
+    monkeypatch.setattr(masks_mod, "_SUM_CHUNK_BYTES", 3 * 8 * 40 * 50)  # 3 rows a chunk: several chunks
+    g = torch.Generator().manual_seed(0)
+    for t in (torch.rand(10, 1, 40, 50, generator=g), torch.rand(10, 1, 40, 50, generator=g) > 0.5,
+              torch.rand(10, 1, 40, 50, generator=g).double(), torch.rand(2, 1, 40, 50, generator=g)):
+        want = t.flatten(1).sum(dim=1, dtype=torch.float64)
+        got = masks_mod.row_sums64(t)
+        assert got.dtype == torch.float64 and torch.equal(got, want)

@@ -30,6 +30,7 @@ from torch import Tensor
 
 from mixkit import rng
 from mixkit.functional.blend import gather_rows, mask_blend, select_by_mask
+from mixkit.functional.masks import row_sums64
 
 __all__ = ["MIXED_EXAMPLE_VARIANTS", "BLENDING_VARIANTS", "sample_mixed_example", "shifted_mask_mix"]
 
@@ -74,7 +75,7 @@ def _col(v: Tensor) -> Tensor:
 def _share(mask: Tensor) -> Tensor:
     """``(N,)`` float64: the share of each mask that keeps the sample."""
     if mask.dtype == torch.bool:  # an exact count, without copying an expanded mask
-        return mask.sum(dim=tuple(range(1, mask.ndim)), dtype=torch.float64) / mask[0].numel()
+        return row_sums64(mask) / mask[0].numel()
     return mask.flatten(1).to(torch.float64).mean(dim=1)
 
 

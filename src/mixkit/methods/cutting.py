@@ -28,6 +28,7 @@ from mixkit.functional.blend import mask_blend
 from mixkit.functional.boxes import box_fraction, one_box_fraction, paste_boxes, paste_boxes_, sample_cut_boxes
 from mixkit.functional.resized_paste import paste_resized
 from mixkit.functional.fourier import binarise_mask, fmix_counts, fourier_noise, top_count_mask
+from mixkit.functional.masks import row_sums64
 from mixkit.registry import register
 from mixkit.types import BoxParams, MaskParams, ResizeParams
 from mixkit.validation import check_alpha, check_flag, check_range
@@ -293,7 +294,7 @@ class FMix(MixMethod):
             active = self._active(b, generator)
             rows = _mask_rows(active, self.mode)
             mask = torch.where(rows.view(shape), mask, 1.0).unsqueeze(1).float()
-            kept = mask.flatten(1).mean(dim=1, dtype=torch.float64)
+            kept = row_sums64(mask) / mask[0].numel()
         else:  # a hard mask: the top pixels as bool; its mean is known exactly from the counts
             total = noise[0].numel()
             num = fmix_counts(lam, total, generator=generator)

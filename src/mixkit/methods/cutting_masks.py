@@ -26,6 +26,7 @@ from mixkit.functional.boxes import box_fraction, sample_cut_boxes
 from mixkit.functional.masks import (
     gaussian_blob,
     hybrid_blend,
+    row_sums64,
     soft_box_mask,
 )
 from mixkit.registry import register
@@ -65,7 +66,7 @@ def _finish(method: MixMethod, mask: Tensor, active: Tensor, index: Tensor) -> M
     if not bool(active.all()):  # (all active: the mask as it is, no pass over it)
         mask = torch.where(_rows(active, method.mode, mask.ndim), mask, 1.0)
     mask = mask.to(torch.float32)
-    kept = mask.flatten(1).mean(dim=1, dtype=torch.float64).expand(b).clone()
+    kept = (row_sums64(mask) / mask[0].numel()).expand(b).clone()
     return MaskParams(index=method._partner(index, active), lam=kept, mask=mask)
 
 

@@ -22,6 +22,7 @@ from mixkit.functional.masks import (
     grid_cell_mask,
     grid_cross_entropy,
     grid_logits,
+    row_sums64,
     sample_grid_cells,
 )
 from mixkit.hooks import resolve_layer
@@ -141,7 +142,7 @@ class GridMix(MixMethod):
         active = self._active(b, generator)
         cells = cells | ~_rows(active, self.mode, 3)
         mask = grid_cell_mask(cells, spatial)
-        kept = (mask.flatten(1).sum(dim=1, dtype=torch.float64) / mask[0].numel()).expand(b).clone()
+        kept = (row_sums64(mask) / mask[0].numel()).expand(b).clone()
         return GridParams(index=self._partner(index, active), lam=kept, mask=mask, cells=cells)
 
     def _mix(self, x: Tensor, params: GridParams) -> Tensor:

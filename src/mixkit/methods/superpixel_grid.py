@@ -33,6 +33,7 @@ from mixkit import rng
 from mixkit.base import MixMethod
 from mixkit.errors import HyperParameterError, ShapeError
 from mixkit.functional.blend import mask_blend, match_format
+from mixkit.functional.masks import row_sums64
 from mixkit.functional.superpixels import (
     paint_segments,
     segment_counts,
@@ -335,7 +336,7 @@ class SuperpixelGridMix(_SuperpixelGrid):
         index = self._partner(index, active)
         source = x if self.segment_on == "sample" else x.index_select(0, index.to(x.device))
         segments, selected, mask = self._draw(source, active, generator)
-        lam = mask.flatten(1).sum(dim=1, dtype=torch.float64).cpu() / mask[0].numel()
+        lam = row_sums64(mask).cpu() / mask[0].numel()
         return SuperpixelParams(index=index, lam=lam, mask=mask, segments=segments, selected=selected)
 
     def _mix(self, x: Tensor, params: MaskParams) -> Tensor:
