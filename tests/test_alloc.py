@@ -246,3 +246,31 @@ def test_a_slightly_smaller_request_reuses_a_kept_block(tiny_threshold, empty_po
     assert bool((small == 1.0).all()) and bool((fits == 2.0).all())
     del fits
     assert alloc.pooled_bytes() == 10 << 20  # the block goes back under its own size
+
+
+def test_keep_freed_memory_stops_page_faults_of_repeated_large_tensors():
+    """In a process of its own (it changes the allocator for the whole process)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import resource, torch\n"
+        "from mixkit.functional import alloc\n"
+        "def faults():\n"
+        "    t = torch.empty(40 << 20, dtype=torch.uint8).fill_(1)\n"  # 40 MiB: mapped afresh by default
+        "    del t\n"
+        "    f = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
+        "    t = torch.empty(40 << 20, dtype=torch.uint8).fill_(1)\n"
+        "    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f\n"
+        "before = faults()\n"
+        "applied = alloc.keep_freed_memory()\n"
+        "faults()\n"
+        "print(before, applied, faults())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    before, applied, after = out.stdout.split()
+    if applied != "True":
+        pytest.skip("not glibc: nothing to tune")
+    assert int(before) > 5000 and int(after) < 500, out.stdout
+    with pytest.raises(ValueError, match="top_pad_mb"):
+        alloc.keep_freed_memory(-1)
