@@ -13,7 +13,9 @@ word in its sources), imports it beside the working tree's ``mixkit``, and times
 ``name:mode`` call of both interleaved round by round (the order alternating), on one thread
 with the process's CPU clock. It reports each side's median, the paired per-round ratio
 new / ref with its 95% interval (``ops_stats.paired_ratio``), and whether both sides give the
-same output (``torch.equal`` on the mixed batch and the target weights, same seeds).
+same output (``torch.equal`` on the mixed batch and the target weights, same seeds), with
+the median page faults per call of each side (``ru_minflt``: a fresh large tensor faults
+each 4 KiB page in when first written).
 ``--backward`` times the forward and ``out.x.sum().backward()`` (as ``bench/ops.py``'s
 fwd+bwd), and the output check also compares the input gradients.
 """
@@ -24,6 +26,7 @@ import argparse
 import io
 import json
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -107,15 +110,18 @@ def compare(name: str, mode: str, ref: object, args: argparse.Namespace) -> dict
         same = same and torch.equal(leaves["ref"].grad, leaves["new"].grad)
     gens = {k: torch.Generator().manual_seed(2) for k in sides}
     times: dict[str, list[float]] = {k: [] for k in sides}
+    faults: dict[str, list[int]] = {k: [] for k in sides}
     for r in range(args.rounds):
         for k in ("ref", "new") if r % 2 else ("new", "ref"):
-            start = time.process_time()
+            start, flt = time.process_time(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             call(k, gens[k])
             times[k].append((time.process_time() - start) * 1000)
+            faults[k].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - flt)
     paired = ops_stats.paired_ratio(times["new"], times["ref"])
     return {"method": name, "mode": mode, "ref_ms": statistics.median(times["ref"]),
             "new_ms": statistics.median(times["new"]), "new_over_ref": paired, "verdict": ops_stats.verdict(paired),
-            "same_output": same}
+            "same_output": same, "ref_faults": statistics.median(faults["ref"]),
+            "new_faults": statistics.median(faults["new"])}
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -131,8 +137,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             p = row["new_over_ref"]
             interval = f" [{p['ci_lo']:.2f}, {p['ci_hi']:.2f}]" if p else ""
             print(f"{spec:24s} ref {row['ref_ms']:9.2f} ms  new {row['new_ms']:9.2f} ms  new/ref "
-                  f"{p['median'] if p else float('nan'):.3f}{interval} {row['verdict']}  same output: {row['same_output']}",
-                  flush=True)
+                  f"{p['median'] if p else float('nan'):.3f}{interval} {row['verdict']}  same output: {row['same_output']}"
+                  f"  page faults/call ref {row['ref_faults']:.0f} new {row['new_faults']:.0f}", flush=True)
     if args.out:
         result = {"command": "python bench/ab.py " + " ".join(argv if argv is not None else sys.argv[1:]),
                   "ref": args.ref, "input": [args.batch, 3, args.size, args.size], "dtype": args.dtype,

@@ -29,6 +29,7 @@ def test_ab_benchmark_tiny_run(tmp_path):
                     "--rounds", "2", "--out", str(out)])
     assert [(r["method"], r["mode"]) for r in rows] == [("mixup", "batch"), ("cutmix", "elem"), ("erm", "batch")]
     assert all(r["same_output"] and r["ref_ms"] > 0 and r["new_ms"] > 0 for r in rows)  # HEAD's code: the same mixes
+    assert all(r["ref_faults"] >= 0 and r["new_faults"] >= 0 for r in rows)
     assert json.loads(out.read_text())["rows"] == rows
 
 
