@@ -6,8 +6,10 @@ from __future__ import annotations
 import torch
 
 import mixkit
-from mixkit.functional import augment_ops, release_scratch
-from mixkit.functional.augment_ops import ALL_OPS, apply_chains, sample_chains
+from mixkit.functional import augment_chains
+from mixkit.functional import release_scratch
+from mixkit.functional.augment_chains import apply_chains, sample_chains
+from mixkit.functional.augment_ops import ALL_OPS
 from mixkit.methods.pixmix import mixing_coefficients, multiplicative_mix
 
 MEAN, STD = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
@@ -44,11 +46,11 @@ def test_chain_buffer_is_reused_but_never_returned():
     kept = first.clone()
     second = apply_chains(torch.rand(6, 3, 10, 10, generator=gen(5)), sample_chains(6, (10, 10), generator=gen(6)))
     assert torch.equal(first, kept)  # the second call wrote into the buffer, not into the first result
-    buf = augment_ops._CHAINS.bufs[torch.float32]
+    buf = augment_chains._CHAINS.bufs[torch.float32]
     for out in (first, second):
         assert out.untyped_storage().data_ptr() != buf.untyped_storage().data_ptr()
     release_scratch()
-    assert not hasattr(augment_ops._CHAINS, "bufs")
+    assert not hasattr(augment_chains._CHAINS, "bufs")
     assert torch.equal(apply_chains(x, draws), kept)  # made again when next needed
 
 
@@ -126,13 +128,13 @@ def test_apply_chains_refuses_an_x_that_requires_grad_and_stays_usable():
 
 
 def test_large_chain_buffers_are_not_kept(monkeypatch):
-    monkeypatch.setattr(augment_ops, "_CHAIN_KEEP_BYTES", 1 << 10)
+    monkeypatch.setattr(augment_chains, "_CHAIN_KEEP_BYTES", 1 << 10)
     release_scratch()
     x = torch.rand(4, 3, 8, 8, generator=gen(18))
     draws = sample_chains(4, (8, 8), generator=gen(19))
     out = apply_chains(x, draws)
-    assert not hasattr(augment_ops._CHAINS, "bufs")
-    monkeypatch.setattr(augment_ops, "_CHAIN_KEEP_BYTES", 64 << 20)
+    assert not hasattr(augment_chains._CHAINS, "bufs")
+    monkeypatch.setattr(augment_chains, "_CHAIN_KEEP_BYTES", 64 << 20)
     assert torch.equal(apply_chains(x, draws), out)  # kept or not, the same values
 
 
@@ -143,13 +145,13 @@ def test_chains_worked_through_in_chunks_give_the_same_values(monkeypatch):
         x = x.contiguous(memory_format=torch.channels_last)
         draws = sample_chains(13, (10, 10), ops=ALL_OPS, severity=10, generator=gen(23))
         whole = apply_chains(x, draws, ALL_OPS, normalization=(mean, std))
-        monkeypatch.setattr(augment_ops, "_CHAIN_KEEP_BYTES", 30 * 3 * 10 * 10 * 4)  # 30 images a chunk
-        assert len(augment_ops._chunks((1 + (draws.ops >= 0).flatten(1).sum(1)).tolist(), 30)) > 2
+        monkeypatch.setattr(augment_chains, "_CHAIN_KEEP_BYTES", 30 * 3 * 10 * 10 * 4)  # 30 images a chunk
+        assert len(augment_chains._chunks((1 + (draws.ops >= 0).flatten(1).sum(1)).tolist(), 30)) > 2
         chunked = apply_chains(x, draws, ALL_OPS, normalization=(mean, std))
         monkeypatch.undo()
         assert torch.equal(chunked, whole) and chunked.is_contiguous(memory_format=torch.channels_last)
-    assert augment_ops._chunks([3, 4, 2, 5, 1], 6) == [(0, 1), (1, 3), (3, 5)]
-    assert augment_ops._chunks([9, 2], 4) == [(0, 1), (1, 2)]  # a sample larger than the room: alone
+    assert augment_chains._chunks([3, 4, 2, 5, 1], 6) == [(0, 1), (1, 3), (3, 5)]
+    assert augment_chains._chunks([9, 2], 4) == [(0, 1), (1, 2)]  # a sample larger than the room: alone
 
 
 def test_superpixel_methods_take_an_x_that_requires_grad_under_normalisation():
@@ -175,3 +177,10 @@ def test_multiplicative_mix_with_a_zero_exponent_and_black_pixels():
     torch.testing.assert_close(d(got[0]), want[0], rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(d(got[1, ..., :3]), want[1, ..., :3], rtol=1e-5, atol=1e-7)
     assert float(got[0, 0, 0, 0]) > 0 and float(got[1, 0, 0, 0]) == 0.0
+
+
+def test_chain_names_still_import_from_augment_ops():
+    from mixkit.functional import augment_ops
+
+    for name in ("ChainDraws", "sample_chains", "apply_chains", "augment_chains", "release_chain_buffer"):
+        assert getattr(augment_ops, name) is getattr(augment_chains, name)

@@ -4,7 +4,7 @@ They take explicit params (indices, lambdas, boxes, masks) and never draw random
 except the ``sample_*`` functions, which take a ``generator``.
 """
 
-from mixkit.functional import _slic, alloc, augment_ops
+from mixkit.functional import _slic, alloc, augment_chains
 from mixkit.functional.blend import bc_plus_blend, blend, blend_, gather_rows_scratch, mask_blend, release_blend_scratch
 from mixkit.functional.boxes import box_fraction, box_mask, paste_boxes, paste_boxes_, sample_cut_boxes
 from mixkit.functional.resized_paste import paste_resized
@@ -35,5 +35,5 @@ def release_scratch() -> None:
     :func:`mixkit.functional.alloc.release_blocks`). They are made again when next needed."""
     release_blend_scratch()
     _slic.release_workspace()
-    augment_ops.release_chain_buffer()
+    augment_chains.release_chain_buffer()
     alloc.release_blocks()

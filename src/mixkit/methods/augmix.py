@@ -22,7 +22,8 @@ from torch import Tensor, nn
 from mixkit import rng
 from mixkit.base import MixMethod
 from mixkit.errors import HyperParameterError, ShapeError
-from mixkit.functional.augment_ops import ALL_OPS, AUGMIX_OPS, ChainDraws, apply_chains, sample_chains
+from mixkit.functional.augment_chains import ChainDraws, apply_chains, sample_chains
+from mixkit.functional.augment_ops import ALL_OPS, AUGMIX_OPS
 from mixkit.functional.blend import gather_rows
 from mixkit.registry import register
 from mixkit.types import MixTarget, Params, StepOutput
