@@ -13,6 +13,7 @@ from mixkit.functional.blend import blend, uniform_value
 from mixkit.functional.boxes import box_fraction, sample_cut_boxes
 
 blend_mod = importlib.import_module("mixkit.functional.blend")  # the module; the package exports the function
+scratch_mod = importlib.import_module("mixkit.functional.scratch")
 
 
 def _reference_blend(x: torch.Tensor, index: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
@@ -27,9 +28,9 @@ def _reference_blend(x: torch.Tensor, index: torch.Tensor, lam: torch.Tensor) ->
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("whole", [False, True])
 def test_blend_rounds_once_from_float32(dtype, per_sample, channels_last, whole, monkeypatch):
-    monkeypatch.setattr(blend_mod, "_HALF_CHUNK", 100)  # several chunks, a ragged last one
+    monkeypatch.setattr(scratch_mod, "_HALF_CHUNK", 100)  # several chunks, a ragged last one
     if not whole:  # the chunked form of larger batches (else the batch is converted whole)
-        monkeypatch.setattr(blend_mod, "_HALF_WHOLE", 0)
+        monkeypatch.setattr(scratch_mod, "_HALF_WHOLE", 0)
     g = torch.Generator().manual_seed(1)
     x = (torch.rand(11, 3, 5, 7, generator=g) * 8 - 4).to(dtype)
     if channels_last:
@@ -53,7 +54,7 @@ def test_whole_half_blend_returns_a_tensor_of_its_own():
     kept = first.clone()
     blend(torch.rand(16, 3, 8, 8, generator=g).bfloat16(), index, lam)
     assert torch.equal(first, kept) and torch.equal(first, _reference_blend(x, index, lam))
-    for buf in blend_mod._SCRATCH.bufs["whole"]:
+    for buf in scratch_mod._SCRATCH.bufs["whole"]:
         assert first.untyped_storage().data_ptr() != buf.untyped_storage().data_ptr()
 
 

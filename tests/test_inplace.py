@@ -76,14 +76,14 @@ def test_inplace_refuses_what_autograd_needs():
 def test_release_scratch_frees_every_kept_buffer():
     from mixkit.functional import _slic
 
-    blend_mod = __import__("importlib").import_module("mixkit.functional.blend")
+    scratch_mod = __import__("importlib").import_module("mixkit.functional.scratch")
     x = torch.rand(4, 3, 16, 16, generator=gen(5))
     from mixkit.functional import augment_chains
 
     mixkit.create("superpixel_gridmix")(x, torch.arange(4), generator=gen(6))
     mixkit.create("augmix")(x, torch.arange(4), generator=gen(7))
     blend_(x.clone(), torch.tensor([1, 0, 3, 2]), 0.4)
-    kept = (_slic._local, "workspaces"), (blend_mod._SCRATCH, "rows"), (augment_chains._CHAINS, "bufs")
+    kept = (_slic._local, "workspaces"), (scratch_mod._SCRATCH, "rows"), (augment_chains._CHAINS, "bufs")
     assert all(hasattr(holder, name) for holder, name in kept)
     release_scratch()
     assert not any(hasattr(holder, name) for holder, name in kept)

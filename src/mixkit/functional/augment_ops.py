@@ -41,8 +41,8 @@ from mixkit.functional.augment_geometry import GEOMETRIC_OPS
 from mixkit.functional.blend import take_rows
 
 __all__ = [
-    "AUGMIX_OPS", "ALL_OPS", "GEOMETRIC_OPS", "ChainDraws", "apply_op", "apply_ops", "apply_ops_grouped",
-    "op_magnitudes", "sample_ops", "random_ops", "sample_chains", "apply_chains", "augment_chains",
+    "AUGMIX_OPS", "ALL_OPS", "GEOMETRIC_OPS", "apply_op", "apply_ops", "apply_ops_grouped",
+    "op_magnitudes", "sample_ops", "random_ops",
 ]
 
 #: The reference's ``augmentations``: the operations that do not overlap ImageNet-C/CIFAR-C.

@@ -27,7 +27,7 @@ from mixkit import rng
 from mixkit.errors import HyperParameterError
 from mixkit.learnable import LearnableMixMethod, MomentumEncoder, cosine_value, load_mixer, resolve_stage
 from mixkit.registry import register
-from mixkit.types import MixTarget, StepOutput
+from mixkit.types import StepOutput
 from mixkit.validation import check_choice, check_range
 
 __all__ = ["SAMixMixer", "SAMix", "SAMixP", "lam_rescale", "eta_balanced_loss", "mask_prior_loss"]
