@@ -63,11 +63,9 @@ def _timed(fn, repeats: int) -> dict[str, float]:
 def measure(args: argparse.Namespace) -> dict:
     """The figures of this process, in setting ``args.child``."""
     import torch
-    import torch.nn.functional as F
 
     import mixkit
     from mixkit.functional.alloc import keep_freed_memory
-    from mixkit.models import create_model
 
     applied = keep_freed_memory() if args.child == "keep_freed" else None
     torch.set_num_threads(1)
@@ -84,16 +82,9 @@ def measure(args: argparse.Namespace) -> dict:
         method = mixkit.create(name, **options)
         out["methods"][spec] = _timed(lambda m=method: m(x, y, generator=g), args.repeats)
     if args.step:
-        model = create_model("resnet20", num_classes=10).to(memory_format=torch.channels_last)
-        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-        xs = torch.randn(128, 3, 32, 32, generator=g).contiguous(memory_format=torch.channels_last)
-        ys = torch.randint(0, 10, (128,), generator=g)
+        from thp import resnet20_step  # bench/thp.py, beside this script
 
-        def step() -> None:
-            opt.zero_grad(set_to_none=True)
-            F.cross_entropy(model(xs), ys).backward()
-            opt.step()
-        out["resnet20_step"] = _timed(step, max(3, args.repeats))
+        out["resnet20_step"] = _timed(resnet20_step(g), max(3, args.repeats))
     return out
 
 

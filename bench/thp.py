@@ -57,10 +57,8 @@ def _median_ms(fn: Callable[[], object], repeats: int) -> float:
 def measure(args: argparse.Namespace) -> dict[str, float]:
     """The figures of this process (its ``THP_MEM_ALLOC_ENABLE`` as it started)."""
     import torch
-    import torch.nn.functional as F
 
     import mixkit
-    from mixkit.models import create_model
 
     torch.set_num_threads(1)
     g = torch.Generator().manual_seed(0)
@@ -73,17 +71,28 @@ def measure(args: argparse.Namespace) -> dict[str, float]:
         "cutmix_ms": _median_ms(lambda: cutmix(x, y, generator=g).x, args.repeats),
     }
     if args.step:
-        model = create_model("resnet20", num_classes=10).to(memory_format=torch.channels_last)
-        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-        xs = torch.randn(128, 3, 32, 32, generator=g).contiguous(memory_format=torch.channels_last)
-        ys = torch.randint(0, 10, (128,), generator=g)
-
-        def step() -> None:
-            opt.zero_grad(set_to_none=True)
-            F.cross_entropy(model(xs), ys).backward()
-            opt.step()
-        out["resnet20_step_ms"] = _median_ms(step, max(3, args.repeats // 3))
+        out["resnet20_step_ms"] = _median_ms(resnet20_step(g), max(3, args.repeats // 3))
     return out
+
+
+def resnet20_step(g: object) -> Callable[[], None]:
+    """One SGD step of ResNet-20 (channels_last) on a random ``(128, 3, 32, 32)`` batch drawn
+    from generator ``g`` (also used by ``bench/malloc.py``)."""
+    import torch
+    import torch.nn.functional as F
+
+    from mixkit.models import create_model
+
+    model = create_model("resnet20", num_classes=10).to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    xs = torch.randn(128, 3, 32, 32, generator=g).contiguous(memory_format=torch.channels_last)
+    ys = torch.randint(0, 10, (128,), generator=g)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(xs), ys).backward()
+        opt.step()
+    return step
 
 
 def main(argv: list[str] | None = None) -> dict:
