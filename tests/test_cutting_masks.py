@@ -230,6 +230,25 @@ def test_stackmix_squeezes_and_stacks_the_pair(axis, dim):
     assert (out.params.lam == 0.5).all() and mixkit.create("stackmix").fixed_lambda
 
 
+def test_stackmix_direct_path_equals_the_general_one():
+    from mixkit.functional.masks import stack_pair
+
+    g = gen(20)
+    for layout in (torch.contiguous_format, torch.channels_last):
+        x = torch.randn(6, 3, 8, 10, generator=g).contiguous(memory_format=layout)
+        index = torch.randperm(6, generator=g)
+        for k in (0, 1):
+            axis = torch.full((6,), k)
+            fast = stack_pair(x, index, axis)  # one axis for every row, even size: written in place
+            general = stack_pair(x, index, torch.cat([axis[:5], torch.tensor([-1])]))  # the loop over axes
+            assert torch.equal(fast[:5], general[:5]) and fast.is_contiguous(memory_format=layout)
+            assert torch.equal(fast, _stack_ref(x, index, 2 + k).contiguous(memory_format=layout)) or \
+                torch.allclose(fast, _stack_ref(x, index, 2 + k))
+    leaf = torch.randn(4, 3, 6, 6, generator=g, requires_grad=True)  # under autograd: the general path
+    stack_pair(leaf, torch.tensor([1, 0, 3, 2]), torch.zeros(4, dtype=torch.long)).sum().backward()
+    assert leaf.grad is not None
+
+
 def test_stackmix_odd_size_random_axis_and_uint8():
     x = torch.randn(3, 1, 4, 5, generator=gen(16))
     p = StackParams(index=torch.tensor([1, 2, 0]), lam=torch.tensor([0.6, 0.5, 1.0]), axis=torch.tensor([1, 0, -1]))

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from mixkit import rng
 from mixkit.errors import ModelError, ShapeError
+from mixkit.functional.alloc import fresh_like
 from mixkit.functional.blend import (
     _lerp_into,
     blend,
@@ -231,6 +232,18 @@ def stack_pair(x: Tensor, index: Tensor, axis: Tensor) -> Tensor:
     """
     work = x.to(torch.float32) if (not x.is_floating_point() or x.dtype in _HALF) else x
     index = index.to(x.device)
+    first = int(axis[0])
+    if (work is x and first >= 0 and x.shape[2 + first] % 2 == 0 and bool((axis == first).all())
+            and not (torch.is_grad_enabled() and x.requires_grad)):
+        # the common case, written straight into one output in x's layout (no temporaries:
+        # a batch-sized one faults its pages in at every call): the pair means into the first
+        # half, then their partners' rows gathered into the second, the same numbers as below
+        dim, half = 2 + first, x.shape[2 + first] // 2
+        out = fresh_like(x)
+        pairs = x.unflatten(dim, (half, 2))
+        own = torch.add(pairs.select(dim + 1, 0), pairs.select(dim + 1, 1), out=out.narrow(dim, 0, half)).mul_(0.5)
+        torch.index_select(own, 0, index, out=out.narrow(dim, half, half))
+        return out
     out = None
     for k in axis.unique().tolist():
         if k < 0:
