@@ -21,6 +21,7 @@ from torch import Tensor
 from mixkit import rng
 from mixkit.base import MixMethod
 from mixkit.errors import HyperParameterError, ShapeError
+from mixkit.functional.alloc import fresh_like
 from mixkit.functional.blend import match_format, select_rows
 from mixkit.functional.masks import (
     stack_pair,
@@ -264,7 +265,13 @@ class YOCO(MixMethod):
             raise ShapeError(f"params cut dim {params.dim} at {params.split}; they do not fit x of shape {tuple(x.shape)}")
         halves = (x.narrow(params.dim, 0, params.split), x.narrow(params.dim, params.split, size - params.split))
         inner = params.inner or (None, None)
-        out = torch.cat([self._half(h, params.flips[:, k], inner[k]) for k, h in enumerate(halves)], dim=params.dim)
+        mixed = [self._half(h, params.flips[:, k], inner[k]) for k, h in enumerate(halves)]
+        if torch.is_grad_enabled() and any(m.requires_grad for m in mixed) or any(m.dtype != x.dtype for m in mixed):
+            out = torch.cat(mixed, dim=params.dim)
+        else:  # into a pooled block in x's layout (a fresh batch-sized tensor faults its pages in)
+            out = fresh_like(x)
+            out.narrow(params.dim, 0, params.split).copy_(mixed[0])
+            out.narrow(params.dim, params.split, size - params.split).copy_(mixed[1])
         if not bool(params.active.all()):
             out = select_rows(params.active, out, x)
         return match_format(out, x)
