@@ -175,6 +175,32 @@ def test_row_paths_take_any_weight_shape_the_batched_forms_take(lam, monkeypatch
     assert torch.equal(a, b) and torch.equal(a_inplace, b_inplace) and torch.equal(a, a_inplace)
 
 
+@pytest.mark.parametrize("name", ["mosaic", "ricap", "dcutmix"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.uint8])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_multi_sample_methods_give_the_same_mix_on_the_row_paths(name, dtype, channels_last, monkeypatch):
+    """Per-sample Mosaic and RICAP (quadrant cells) and DCutMix (nested boxes): cell and box
+    copies row by row against the per-pixel gather."""
+    x, y = _batch(dtype, channels_last), torch.arange(7)
+
+    def run():
+        return mixkit.create(name, mode="elem")(x, y, generator=torch.Generator().manual_seed(3)).x
+
+    batched, rows = _both(monkeypatch, run)
+    assert torch.equal(rows, batched) and rows.stride() == batched.stride() and not torch.equal(rows, x)
+
+
+def test_multi_row_paths_leave_bad_cells_and_boxes_to_the_batched_forms():
+    view = torch.rand(2, 3, 4, 4)
+    cells = torch.tensor([[0, 0, 2, 2], [0, 2, 2, 4], [2, 0, 4, 2], [2, 2, 4, 4]]).expand(2, 4, 4)
+    good = torch.zeros(2, 4, 2, dtype=torch.long)
+    assert row_paths.tile_rows(view, torch.zeros(2, 4, dtype=torch.long), cells, good, (4, 4), 2) is not None
+    assert row_paths.tile_rows(view, torch.full((2, 4), 2), cells, good, (4, 4), 2) is None  # no row 2
+    assert row_paths.tile_rows(view, torch.zeros(2, 4, dtype=torch.long), cells, good + 3, (4, 4), 2) is None  # crop off the image
+    boxes = torch.tensor([[[0, 0, 5, 2]], [[1, 1, 2, 2]]])  # row 0's box overruns the 4 x 4 image
+    assert row_paths.paste_nested_rows(view, torch.tensor([[0, 1], [1, 0]]), boxes, (4, 4), 2) is None
+
+
 def test_row_paths_leave_bad_rows_and_boxes_to_the_batched_forms(monkeypatch):
     """Out-of-image boxes are clipped, and short or out-of-range pairings raise, as before."""
     from mixkit.functional.boxes import paste_boxes

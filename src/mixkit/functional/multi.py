@@ -33,6 +33,7 @@ from mixkit.functional.blend import (
     memory_order,
     to_memory,
 )
+from mixkit.functional import row_paths
 from mixkit.functional.boxes import _copy_box_rows, _spans, box_mask
 from mixkit.functional.matching import (  # re-exported here
     linear_assignment,
@@ -145,6 +146,12 @@ def tile_quadrants(x: Tensor, sources: Tensor, centre: Tensor, offsets: Tensor) 
         else:
             out = _copy_cells(view, sources, windows)
         return match_format(from_memory(out, order), x)
+    if row_paths.row_wise(x) and not (torch.is_grad_enabled() and x.requires_grad):
+        order = memory_order(x)
+        out = row_paths.tile_rows(to_memory(x, order), sources.cpu(), cells.cpu(), offsets.cpu(), spatial,
+                                  2 if order is None else 1)
+        if out is not None:  # large samples: cell copies instead of a per-pixel gather
+            return match_format(from_memory(out, order), x)
     dev = x.device
     h, w = spatial
     shift = offsets.to(dev) - cells[..., :2].to(dev)  # (B, 4, 2) source corner - destination corner
@@ -344,6 +351,11 @@ def paste_nested(x: Tensor, sources: Tensor, boxes: Tensor) -> Tensor:
             _copy_box_rows(out, view, sources[:, j + 1], spans)
         return match_format(from_memory(out, order), x)
     spatial = tuple(x.shape[2:])
+    if row_paths.row_wise(x) and not (torch.is_grad_enabled() and x.requires_grad):
+        order = memory_order(x)
+        out = row_paths.paste_nested_rows(to_memory(x, order), sources, boxes, spatial, 2 if order is None else 1)
+        if out is not None:  # large samples: row copies instead of a per-pixel gather
+            return match_format(from_memory(out, order), x)
     start = sources * math.prod(spatial)  # (B, K) flat offset of each source
     flat = start[:, :1].view((-1,) + (1,) * d).repeat((1,) + spatial)
     for j in range(boxes.shape[1]):  # later boxes cover earlier ones

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from mixkit.functional.alloc import fresh
+from mixkit.functional.alloc import fresh, fresh_like
 
 Span = tuple[int, int, int]  # (dim, start, length) of a box along one dim of a tensor
 
@@ -152,3 +152,75 @@ def copy_box_cycles_(view: Tensor, partners: list[int], spans: Sequence[Span]) -
             row = partner
             if row == start:
                 break
+
+
+def paste_nested_rows(view: Tensor, sources: Tensor, boxes: Tensor, spatial: Sequence[int],
+                      first: int) -> Tensor | None:
+    """Per-sample nested pastes (Mosaic, RICAP per sample) of large samples, row by row: each
+    row starts as a copy of its first source, then each box ``k`` (later on top) is copied
+    from source ``k + 1``: plain copies, so the values of the per-pixel gather they replace.
+
+    Args:
+        view: the batch in its memory order (``first`` is the dim of its first spatial axis).
+        sources: ``(B, K)`` source rows; boxes: ``(B, K - 1, 2 * d)`` boxes of the image's
+            ``spatial`` sizes.
+
+    Returns:
+        The output in ``view``'s order, or ``None`` when a source row or a box lies outside the
+        batch or the image (the batched form then runs, and clips or raises as it always did).
+    """
+    b, d = view.shape[0], len(spatial)
+    rows, listed = sources.tolist(), boxes.tolist()
+    if sources.shape[0] != b or boxes.shape[0] != b or boxes.shape[1] != sources.shape[1] - 1:
+        return None
+    plan = []
+    for r in range(b):
+        if not all(0 <= s < b for s in rows[r]):
+            return None
+        spans = []
+        for j, box in enumerate(listed[r]):
+            if any(box[k] < 0 or box[d + k] > size for k, size in enumerate(spatial)):
+                return None
+            if all(box[d + k] > box[k] for k in range(d)):
+                spans.append((rows[r][j + 1], tuple((first + k, box[k], box[d + k] - box[k]) for k in range(d))))
+        plan.append(spans)
+    out = fresh_like(view)
+    ins, outs = view.unbind(0), out.unbind(0)
+    for r in range(b):
+        outs[r].copy_(ins[rows[r][0]])
+        for source, spans in plan[r]:
+            row_box(out, r, spans).copy_(row_box(view, source, spans))
+    return out
+
+
+def tile_rows(view: Tensor, sources: Tensor, cells: Tensor, offsets: Tensor, spatial: Sequence[int],
+              first: int) -> Tensor | None:
+    """Per-sample quadrant tilings (Mosaic, RICAP per sample) of large samples, row by row:
+    each of a row's four cells ``[top, left, bottom, right]`` (which cover the image) is
+    copied from the crop of its source whose corner is the cell's offset: plain copies, so the
+    values of the per-pixel gather they replace.
+
+    Returns:
+        The output in ``view``'s order, or ``None`` when a source row, a cell or a crop lies
+        outside the batch or the image (the batched form then runs).
+    """
+    b, (h, w) = view.shape[0], spatial
+    if sources.shape != (b, 4) or cells.shape != (b, 4, 4) or offsets.shape != (b, 4, 2):
+        return None
+    rows, boxes, corners = sources.tolist(), cells.tolist(), offsets.tolist()
+    plan = []
+    for r in range(b):
+        for k in range(4):
+            top, left, bottom, right = boxes[r][k]
+            sy, sx = corners[r][k]
+            if not (0 <= rows[r][k] < b and 0 <= top <= bottom <= h and 0 <= left <= right <= w
+                    and 0 <= sy <= h - (bottom - top) and 0 <= sx <= w - (right - left)):
+                return None
+            if bottom > top and right > left:
+                size = ((first, bottom - top), (first + 1, right - left))
+                plan.append((r, rows[r][k], tuple((d, a, n) for (d, n), a in zip(size, (top, left))),
+                             tuple((d, a, n) for (d, n), a in zip(size, (sy, sx)))))
+    out = fresh_like(view)
+    for r, source, dst, src in plan:
+        row_box(out, r, dst).copy_(row_box(view, source, src))
+    return out
