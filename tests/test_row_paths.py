@@ -190,6 +190,21 @@ def test_multi_sample_methods_give_the_same_mix_on_the_row_paths(name, dtype, ch
     assert torch.equal(rows, batched) and rows.stride() == batched.stride() and not torch.equal(rows, x)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.uint8])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_recursivemix_rows_equal_the_batched_gather(dtype, channels_last, monkeypatch):
+    x, y = _batch(dtype, channels_last), torch.arange(7)
+
+    def run():
+        m = mixkit.create("recursivemix", mode="elem", alpha=0.8)
+        g = torch.Generator().manual_seed(4)
+        first = m(x, y, generator=g).x  # the history is the batch itself
+        return first, m(x.flip(0), y, generator=g).x  # then the first call's output
+
+    (b1, b2), (r1, r2) = _both(monkeypatch, run)
+    assert torch.equal(r1, b1) and torch.equal(r2, b2) and r2.stride() == b2.stride() and not torch.equal(r2, x.flip(0))
+
+
 def test_multi_row_paths_leave_bad_cells_and_boxes_to_the_batched_forms():
     view = torch.rand(2, 3, 4, 4)
     cells = torch.tensor([[0, 0, 2, 2], [0, 2, 2, 4], [2, 0, 4, 2], [2, 2, 4, 4]]).expand(2, 4, 4)

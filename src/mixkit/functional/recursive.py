@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mixkit.errors import ShapeError
+from mixkit.functional import row_paths
+from mixkit.functional.alloc import fresh_copy
 from mixkit.functional.boxes import box_mask
 from mixkit.types import MixTarget
 
@@ -55,8 +57,31 @@ def _source_coords(start: Tensor, end: Tensor, size: int, mode: str) -> Tensor:
     return (rel.double() * scale).clamp(0, size - 1)
 
 
+def _paste_rows(x: Tensor, history: Tensor, boxes: Tensor) -> Tensor | None:
+    """Nearest-neighbour :func:`_paste_each` of large samples, row by row: each history image
+    resized to its box with ``F.interpolate``, which reads the same source pixels as the
+    batched gather (``floor(i * size / side)`` in float32), and pasted over a copy of ``x``.
+    ``None`` when a box lies outside the image (the batched form then runs)."""
+    _, _, h, w = x.shape
+    listed = boxes.tolist()
+    if any(not (0 <= top <= bottom <= h and 0 <= left <= right <= w) for top, left, bottom, right in listed):
+        return None
+    out = fresh_copy(x)
+    for i, (top, left, bottom, right) in enumerate(listed):
+        if bottom > top and right > left:
+            small = F.interpolate(history[i : i + 1], size=(bottom - top, right - left), mode="nearest")
+            out[i, :, top:bottom, left:right] = _cast_like(small[0], x)
+    return out
+
+
 def _paste_each(x: Tensor, history: Tensor, boxes: Tensor, mode: str) -> Tensor:
     b, _, h, w = x.shape
+    if (mode == "nearest" and row_paths.row_wise(x) and boxes.shape[0] == b and boxes.shape[1] == 4
+            and (history.is_floating_point() or history.dtype == torch.uint8)
+            and not (torch.is_grad_enabled() and (x.requires_grad or history.requires_grad))):
+        out = _paste_rows(x, history, boxes)
+        if out is not None:  # large samples: no gather of every pixel, no batch-sized temporaries
+            return out
     boxes = boxes.to(x.device)
     rows = _source_coords(boxes[:, 0], boxes[:, 2], h, mode)
     cols = _source_coords(boxes[:, 1], boxes[:, 3], w, mode)

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from mixkit import rng
 from mixkit.base import MixMethod
 from mixkit.errors import HyperParameterError, ModelError, ShapeError
+from mixkit.functional.alloc import fresh_copy
 from mixkit.functional.boxes import box_fraction, sample_cut_boxes
 from mixkit.functional.recursive import (
     extend_target,
@@ -222,7 +223,7 @@ class RecursiveMix(MixMethod):
         """Mix with the history, then keep the output and its target as the next history."""
         out = super().__call__(x, y, generator=generator)
         t = out.target
-        self._images = out.x.detach().clone()
+        self._images = fresh_copy(out.x.detach())  # a pooled block for large batches (no page faults)
         self._target = MixTarget(t.labels.detach().clone(), t.index.clone(), t.weight.clone(), t.num_classes)
         self._logits = None
         return out
