@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from mixkit.functional.alloc import fresh
 from mixkit.functional.blend import memory_order, to_memory
 
 __all__ = ["linear_assignment", "match_clouds"]
@@ -121,7 +122,10 @@ def match_clouds(x: Tensor, order: Tensor, partner: Tensor, k: int) -> Tensor:
     # rows flattened in memory order (a view for channels_last too): distances do not depend
     # on the order of the features
     flat = to_memory(x.detach(), memory_order(x)).reshape(b, -1).to(work)
-    sq = flat.square().sum(1)
+    # squared norms a few rows at a time (each row's sum as flat.square().sum(1) adds it): a
+    # batch-sized square of large samples faults its pages in at every call
+    step = max(1, (4 << 20) // (flat.shape[1] * flat.dtype.itemsize))
+    sq = torch.cat([flat[i : i + step].square().sum(1) for i in range(0, b, step)])
     index = torch.empty(b, dtype=torch.long)
     start = 0
     for size, count in ((k, b // k), (b % k, 1 if b % k else 0)):
@@ -130,8 +134,10 @@ def match_clouds(x: Tensor, order: Tensor, partner: Tensor, k: int) -> Tensor:
         rows = order[start : start + size * count].view(count, size)
         cols = partner[start : start + size * count].view(count, size)
         r, q = rows.reshape(-1).to(x.device), cols.reshape(-1).to(x.device)
-        a = flat.index_select(0, r).view(count, size, -1)  # (count, size, D)
-        c = flat.index_select(0, q).view(count, size, -1)
+        # the clouds' rows, in pooled blocks for large batches (see mixkit.functional.alloc)
+        a = torch.index_select(flat, 0, r, out=fresh((r.shape[0], flat.shape[1]), flat.dtype, flat.device))
+        c = torch.index_select(flat, 0, q, out=fresh((q.shape[0], flat.shape[1]), flat.dtype, flat.device))
+        a, c = a.view(count, size, -1), c.view(count, size, -1)  # (count, size, D)
         norms = sq[r].view(count, size, 1) + sq[q].view(count, 1, size)
         cost = torch.baddbmm(norms, a, c.transpose(1, 2), alpha=-2).clamp_min(0)  # squared distances
         perm = torch.from_numpy(linear_assignment(cost.cpu().double().numpy()))
