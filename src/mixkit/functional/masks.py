@@ -199,8 +199,9 @@ def hybrid_blend(x: Tensor, index: Tensor, boxes: Tensor, outside: Tensor) -> Te
         _copy_box_rows(out, view, index, spans)
         return match_format(from_memory(out, order), x)
     work = torch.float32 if x.dtype in _HALF else x.dtype
-    off_box = 1.0 - box_weight(boxes, x.shape, work, order, x.device)
-    weight = off_box * outside.to(device=x.device, dtype=work).view((-1,) + (1,) * (x.ndim - 1))
+    # 1 - inside (exact: 0 or 1), times the Mixup weight, in the one new tensor box_weight made
+    weight = box_weight(boxes, x.shape, work, order, x.device).neg_().add_(1.0)
+    weight.mul_(outside.to(device=x.device, dtype=work).view((-1,) + (1,) * (x.ndim - 1)))
     partner = take_rows(view, index).to(work)
     out = _lerp_into(partner, view.to(work), weight)
     return match_format(from_memory(out.to(x.dtype), order), x)
