@@ -265,7 +265,7 @@ def test_one_box_resize_paste_goes_through_float32_in_chunks(dtype, channels_las
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
 def test_pixel_gather_backward_matches_autograd(dtype):
-    from mixkit.functional.multi import _gather_pixels, _gather_planes
+    from mixkit.functional.pixel_gather import _gather_pixels, _gather_planes
 
     flat = torch.randint(0, 4 * 30, (4 * 30,), generator=torch.Generator().manual_seed(0))  # repeats
     x = torch.rand(4, 3, 5, 6, dtype=torch.float64, requires_grad=True)
