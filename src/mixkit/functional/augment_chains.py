@@ -26,12 +26,10 @@ from mixkit import rng
 from mixkit.errors import HyperParameterError, ShapeError
 from mixkit.functional.alloc import fresh_like
 from mixkit.functional.augment_dispatch import run_kernels
-from mixkit.functional.augment_ops import AUGMIX_OPS, _check_images, _check_ops, sample_ops
+from mixkit.functional.augment_ops import _HALF, AUGMIX_OPS, _check_images, _check_ops, sample_ops
 from mixkit.functional.blend import take_rows
 
 __all__ = ["ChainDraws", "apply_chains", "augment_chains", "release_chain_buffer", "sample_chains"]
-
-_HALF = (torch.float16, torch.bfloat16)
 
 
 @dataclass(frozen=True, eq=False)

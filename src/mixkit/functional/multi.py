@@ -17,7 +17,7 @@ Jonker and Volgenant), run on many small problems at once.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -147,12 +147,10 @@ def tile_quadrants(x: Tensor, sources: Tensor, centre: Tensor, offsets: Tensor) 
         else:
             out = _copy_cells(view, sources, windows)
         return match_format(from_memory(out, order), x)
-    if row_paths.row_wise(x) and not (torch.is_grad_enabled() and x.requires_grad):
-        order = memory_order(x)
-        out = row_paths.tile_rows(to_memory(x, order), sources.cpu(), cells.cpu(), offsets.cpu(), spatial,
-                                  2 if order is None else 1)
-        if out is not None:  # large samples: cell copies instead of a per-pixel gather
-            return match_format(from_memory(out, order), x)
+    out = _by_rows(x, lambda view, first: row_paths.tile_rows(view, sources.cpu(), cells.cpu(), offsets.cpu(),
+                                                              spatial, first))
+    if out is not None:  # large samples: cell copies instead of a per-pixel gather
+        return out
     dev = x.device
     h, w = spatial
     shift = offsets.to(dev) - cells[..., :2].to(dev)  # (B, 4, 2) source corner - destination corner
@@ -196,6 +194,17 @@ class _CellCopy(torch.autograd.Function):
             else:
                 grad[src].index_add_(0, sources[:, k], g[dst])
         return grad, None, None
+
+
+def _by_rows(x: Tensor, paste: Callable[[Tensor, int], Tensor | None]) -> Tensor | None:
+    """``paste(view, first)`` on ``x`` in its memory order (``first``: the view's first spatial
+    dim) for large samples on the CPU outside autograd, back in ``x``'s format; ``None``
+    otherwise, or when ``paste`` declines (the batched gather then runs)."""
+    if not row_paths.row_wise(x) or (torch.is_grad_enabled() and x.requires_grad):
+        return None
+    order = memory_order(x)
+    out = paste(to_memory(x, order), 2 if order is None else 1)
+    return None if out is None else match_format(from_memory(out, order), x)
 
 
 def _window(top: int, bottom: int, left: int, right: int, order: tuple[int, ...] | None) -> tuple[slice, ...]:
@@ -304,11 +313,9 @@ def paste_nested(x: Tensor, sources: Tensor, boxes: Tensor) -> Tensor:
             _copy_box_rows(out, view, sources[:, j + 1], spans)
         return match_format(from_memory(out, order), x)
     spatial = tuple(x.shape[2:])
-    if row_paths.row_wise(x) and not (torch.is_grad_enabled() and x.requires_grad):
-        order = memory_order(x)
-        out = row_paths.paste_nested_rows(to_memory(x, order), sources, boxes, spatial, 2 if order is None else 1)
-        if out is not None:  # large samples: row copies instead of a per-pixel gather
-            return match_format(from_memory(out, order), x)
+    out = _by_rows(x, lambda view, first: row_paths.paste_nested_rows(view, sources, boxes, spatial, first))
+    if out is not None:  # large samples: box copies instead of a per-pixel gather
+        return out
     start = sources * math.prod(spatial)  # (B, K) flat offset of each source
     flat = start[:, :1].view((-1,) + (1,) * d).repeat((1,) + spatial)
     for j in range(boxes.shape[1]):  # later boxes cover earlier ones

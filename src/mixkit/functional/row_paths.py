@@ -217,9 +217,9 @@ def tile_rows(view: Tensor, sources: Tensor, cells: Tensor, offsets: Tensor, spa
                     and 0 <= sy <= h - (bottom - top) and 0 <= sx <= w - (right - left)):
                 return None
             if bottom > top and right > left:
-                size = ((first, bottom - top), (first + 1, right - left))
-                plan.append((r, rows[r][k], tuple((d, a, n) for (d, n), a in zip(size, (top, left))),
-                             tuple((d, a, n) for (d, n), a in zip(size, (sy, sx)))))
+                height, width = bottom - top, right - left
+                plan.append((r, rows[r][k], ((first, top, height), (first + 1, left, width)),
+                             ((first, sy, height), (first + 1, sx, width))))
     out = fresh_like(view)
     for r, source, dst, src in plan:
         row_box(out, r, dst).copy_(row_box(view, source, src))
