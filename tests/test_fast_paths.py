@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib
 
+import math
+
 import pytest
 import torch
 
@@ -154,6 +156,35 @@ def test_one_cut_box_matches_the_vectorised_formula(spatial):
         assert torch.equal(boxes, expected), (seed, boxes, expected)
         many = torch.cat([boxes, torch.tensor([[0] * d + list(spatial)])])
         assert torch.equal(box_fraction(boxes, spatial), box_fraction(many, spatial)[:1])
+
+
+@pytest.mark.parametrize("spatial", [(32, 32), (7, 13), (16,), (5, 6, 9), (1, 1)])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_many_cut_boxes_match_the_tensor_formula(spatial, dtype):
+    """Per-sample boxes (numpy for one or two dims): the tensor formula's values, its draws in
+    the same order (one randint per dim), the generator left in the same state."""
+    d = len(spatial)
+    for seed in range(40):
+        n = 1 + seed * 7
+        lam = torch.rand(n, generator=torch.Generator().manual_seed(seed + 500), dtype=torch.float64)
+        lam[::5] = 0.0
+        lam[1::7] = 1.0
+        lam[2::11] = 1.5  # outside [0, 1]: clipped to an empty box
+        lam[3::13] = -0.25  # a full box
+        lam = lam.to(dtype)
+        g = torch.Generator().manual_seed(seed)
+        boxes = sample_cut_boxes(lam, spatial, generator=g)
+        ref = torch.Generator().manual_seed(seed)
+        ratio = torch.pow(torch.rsub(lam.to(torch.float64), 1.0).clamp_(0, 1), 1.0 / d)
+        sizes = torch.tensor(spatial)
+        half = torch.floor(ratio.unsqueeze(1) * sizes).long() // 2
+        centre = torch.stack([torch.randint(0, s, (n,), generator=ref) for s in spatial], dim=1)
+        expected = torch.cat([(centre - half).clamp(min=0), torch.minimum(centre + half, sizes)], dim=1)
+        assert boxes.dtype == torch.int64 and torch.equal(boxes, expected), (seed, boxes, expected)
+        assert torch.equal(g.get_state(), ref.get_state())
+        sides = (expected[:, d:] - expected[:, :d]).clamp_min(0).to(torch.float64)
+        share = box_fraction(boxes, spatial)
+        assert share.dtype == torch.float64 and torch.equal(share, sides.prod(dim=1) / float(math.prod(spatial)))
 
 
 @pytest.mark.parametrize("name", ["mixup", "cutmix"])
