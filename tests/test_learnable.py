@@ -116,17 +116,22 @@ def test_ema_follows_schedule(tiny_net):
     m = Dummy(total_steps=10, clean_weight=0.0)
     x, y = data()
     opt = torch.optim.SGD(tiny_net.parameters(), lr=0.5)
+    snapshot: list[torch.Tensor] | None = None  # the model after the engine's previous step
+    checked = 0
     for step in range(4):
         before = [q.clone() for q in m.encoder.parameters()] if m.encoder else None
         out = m.train_step(tiny_net, x, y, criterion=ce, generator=gen(step))
         if before is not None:  # the update at step t uses the model after the engine's step t-1
+            assert snapshot is not None
             mt = momentum_at(step, 10, 0.9, 0.99)
-            for k0, k, q in zip(before, m.encoder.parameters(), snapshot):
+            for k0, k, q in zip(before, m.encoder.parameters(), snapshot, strict=True):
                 torch.testing.assert_close(k, mt * k0 + (1 - mt) * q)
+            checked += 1
         opt.zero_grad()
         out.loss.backward()
         opt.step()
         snapshot = [q.detach().clone() for q in tiny_net.parameters()]
+    assert checked == 3  # the encoder is made at step 0, then follows the model at every step
     assert m.step == 4 and m.progress == pytest.approx(0.4)
 
 
