@@ -61,6 +61,9 @@ def test_values_beyond_float32_range_half_inputs_and_a_float64_default():
     num = torch.tensor([0, 5, 4000, 4100])
     cases = [
         torch.randn(4, 4100, generator=g, dtype=torch.float64) * 1e300,  # spans overflow float32
+        (torch.rand(4, 4100, generator=g, dtype=torch.float64) * 2 - 1) * 1.7e308,  # a span beyond float64's range
+        torch.rand(4, 4100, generator=g, dtype=torch.float64) * 1e-306,  # (buckets - 1) / span overflows float64
+        torch.rand(4, 4100, generator=g, dtype=torch.float64) * 1e-320,  # subnormal float64 values
         (torch.rand(4, 4100, generator=g) * 2 - 1) * 3e38,  # finite, but a float32 span that overflows
         ((torch.rand(4, 4100, generator=g) * 2 - 1) * 6e4).half(),  # finite, a half span beyond 65504
         (torch.randn(4, 4100, generator=g) * 1e3).bfloat16(),  # many ties

@@ -166,8 +166,15 @@ def _cut_values(flat: Tensor, num: Tensor) -> tuple[Tensor, Tensor]:
         # v - low >= 0 and its product with the scale at most buckets - 1 (+ rounding)
         u = torch.sub(flat, low, out=torch.empty(flat.shape, dtype=torch.float32, device=flat.device))
         u.mul_(scale.clamp_max(torch.finfo(torch.float32).max).float())
-    else:  # float64, half, or a float32 span beyond float32's range: the product in float64
-        u = torch.sub(flat.double(), low.double()).mul_(scale).float()  # flat itself is only read
+    else:  # float64, half, or a float32 span beyond float32's range: in float64, on halved values
+        # (v / 2 - low / 2) / (high / 2 - low / 2) lies in [0, 1] for any finite values: neither
+        # the difference nor the scale can overflow (spans above float64's largest value, or
+        # below ~1e-305, whose (buckets - 1) / span is infinite); halving and the division keep
+        # the map monotone, which is all the buckets need
+        half_low = torch.mul(low.double(), 0.5)
+        half_span = torch.mul(high.double(), 0.5).sub_(half_low)
+        u = flat.double().mul_(0.5) if flat.dtype != torch.float64 else torch.mul(flat, 0.5)  # flat is only read
+        u = u.sub_(half_low).div_(torch.where(half_span > 0, half_span, 1.0)).mul_(buckets - 1).float()
     rows = torch.arange(n, device=flat.device).unsqueeze(1)
     bucket = u.add_(_MAGIC).view(torch.int32).sub_((_MAGIC_BITS - rows * buckets).to(torch.int32))
     hist = torch.bincount(bucket.view(-1), minlength=n * buckets).view(n, buckets)
