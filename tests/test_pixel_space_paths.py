@@ -154,6 +154,23 @@ def test_chains_worked_through_in_chunks_give_the_same_values(monkeypatch):
     assert augment_chains._chunks([9, 2], 4) == [(0, 1), (1, 2)]  # a sample larger than the room: alone
 
 
+def test_per_sample_stats_in_chunks_are_sliced_with_their_samples(monkeypatch):
+    x = torch.rand(9, 3, 10, 10, generator=gen(40))
+    mean = torch.rand(9, 3, 1, 1, generator=gen(41))
+    std = torch.rand(9, 3, 1, 1, generator=gen(42)) + 0.2
+    draws = sample_chains(9, (10, 10), generator=gen(43))
+    whole = apply_chains(x, draws, normalization=(mean, std))
+    by_hand = (apply_chains(x * std + mean, draws) - mean) / std
+    torch.testing.assert_close(whole, by_hand, rtol=1e-5, atol=1e-5)
+    monkeypatch.setattr(augment_chains, "_CHAIN_KEEP_BYTES", 12 * 3 * 10 * 10 * 4)  # a few samples a chunk
+    assert torch.equal(apply_chains(x, draws, normalization=(mean, std)), whole)
+    shared = (mean[:1], std[:1])  # (1, C, 1, 1): the same for every chunk
+    monkeypatch.undo()
+    want = apply_chains(x, draws, normalization=shared)
+    monkeypatch.setattr(augment_chains, "_CHAIN_KEEP_BYTES", 12 * 3 * 10 * 10 * 4)
+    assert torch.equal(apply_chains(x, draws, normalization=shared), want)
+
+
 def test_superpixel_methods_take_an_x_that_requires_grad_under_normalisation():
     y = torch.arange(4) % 2
     for name in ("superpixel_gridmix", "superpixel_gridcut", "superpixel_gridmean"):

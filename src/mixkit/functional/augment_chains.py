@@ -129,8 +129,21 @@ def apply_chains(x: Tensor, draws: ChainDraws, ops: Sequence[str] = AUGMIX_OPS, 
     result = fresh_like(x)
     for start, stop in chunks:
         part = draws.take(torch.arange(start, stop))
-        result[start:stop] = _mixture(x[start:stop], part, ops, dtype, normalization)
+        result[start:stop] = _mixture(x[start:stop], part, ops, dtype, _stats_rows(normalization, x, start, stop))
     return result
+
+
+def _stats_rows(normalization: tuple[Tensor, Tensor] | None, x: Tensor, start: int,
+                stop: int) -> tuple[Tensor, Tensor] | None:
+    """The normalisation stats of samples ``start:stop``: stats with a batch dim (per-sample
+    stats, ``(B, C, 1, 1)`` say) are sliced like ``x``; shared ones, ``(1, C, 1, 1)`` or
+    ``(C, 1, 1)``, apply to every chunk as they are."""
+    if normalization is None:
+        return None
+    return tuple(  # type: ignore[return-value]
+        t[start:stop] if t.ndim == x.ndim and t.shape[0] == x.shape[0] else t
+        for t in normalization
+    )
 
 
 def _chunks(images: list[int], room: int) -> list[tuple[int, int]]:
