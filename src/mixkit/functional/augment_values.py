@@ -29,10 +29,13 @@ def _autocontrast(x: Tensor, _: Tensor, out: Tensor) -> None:
     n, c = x.shape[:2]
     pixels = x.view(n, c, -1)
     lo, hi = pixels.amin(2), pixels.amax(2)  # two reductions: faster than one aminmax
-    flat = hi <= lo
-    scale = torch.where(flat, 1.0, 1.0 / (hi - lo).clamp_min(1e-12)).view(n, c, 1, 1)
-    bias = torch.where(flat, 0.0, -lo * scale.view(n, c)).view(n, c, 1, 1)
-    out.copy_(bias.expand_as(x)).addcmul_(x, scale)  # (x - lo) / (hi - lo)
+    flat = hi <= lo  # a flat channel stays as it is
+    low = torch.where(flat, 0.0, lo).view(n, c, 1, 1)
+    span = torch.where(flat, 1.0, hi - lo).view(n, c, 1, 1)
+    # (x - lo) / (hi - lo): exactly 0 at the darkest pixel and 1 at the brightest (the rounded
+    # difference is monotone, so every value lands in [0, 1]), as PIL's integer table gives;
+    # a bias-and-scale form left 1e-8s and 1 + 1e-7 at the ends
+    torch.sub(x, low, out=out).div_(span)
 
 
 def _equalize(x: Tensor, _: Tensor, out: Tensor) -> None:
