@@ -187,6 +187,26 @@ def test_many_cut_boxes_match_the_tensor_formula(spatial, dtype):
         assert share.dtype == torch.float64 and torch.equal(share, sides.prod(dim=1) / float(math.prod(spatial)))
 
 
+def test_cut_boxes_take_any_float_lambda_without_warnings():
+    import warnings
+
+    ref = sample_cut_boxes(torch.tensor([0.3, 0.7, 0.5], dtype=torch.float64), (8, 8),
+                           generator=torch.Generator().manual_seed(0))
+    for dtype in (torch.bfloat16, torch.float16):  # exact in float64: the same boxes
+        got = sample_cut_boxes(torch.tensor([0.3, 0.7, 0.5], dtype=dtype).double().to(dtype), (8, 8),
+                               generator=torch.Generator().manual_seed(0))
+        assert got.shape == (3, 4)
+    got = sample_cut_boxes(torch.tensor([0.5, 0.5], dtype=torch.bfloat16), (8, 8), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(got, sample_cut_boxes(torch.tensor([0.5, 0.5], dtype=torch.float64), (8, 8),
+                                             generator=torch.Generator().manual_seed(0)))
+    assert ref.shape == (3, 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        boxes = sample_cut_boxes(torch.tensor([float("nan"), 0.5], dtype=torch.float64), (8, 8),
+                                 generator=torch.Generator().manual_seed(0))
+    assert boxes.shape == (2, 4)
+
+
 @pytest.mark.parametrize("name", ["mixup", "cutmix"])
 @pytest.mark.parametrize("p", [1.0, 0.5])
 def test_batch_mode_lam_value_is_every_rows_lambda(name, p):

@@ -235,6 +235,33 @@ def test_row_paths_leave_bad_rows_and_boxes_to_the_batched_forms(monkeypatch):
             blend_mod.mask_blend(x, bad, torch.rand(7, 1, 9, 11) > 0.5)
 
 
+def test_one_box_in_place_outside_the_image_behaves_as_the_batched_form(monkeypatch):
+    """A box past the edge raises (never writes into the neighbouring rows); an empty box with a
+    negative start changes nothing; on either path."""
+    from mixkit.functional.boxes import paste_boxes_
+
+    x = torch.arange(36.0).view(3, 1, 3, 4)
+    index = torch.tensor([1, 0, 2])
+    for threshold in (1 << 60, 1):
+        monkeypatch.setattr(row_paths, "ROW_LERP_MIN", threshold)
+        y = x.clone()
+        with pytest.raises(RuntimeError):
+            paste_boxes_(y, index, torch.tensor([[0, 2, 3, 6]]))
+        assert torch.equal(y[2], x[2])  # the row paired with itself is untouched
+        y = x.clone()
+        paste_boxes_(y, index, torch.tensor([[-1, 0, -1, 4]]))
+        assert torch.equal(y, x)
+
+
+def test_empty_batches_blend_on_the_cpu():
+    none = torch.zeros(0, dtype=torch.long)
+    for e in (torch.rand(0, 3, 8, 8), torch.rand(0, 3, 8, 8, dtype=torch.bfloat16)):
+        for lam in (0.3, torch.zeros(0)):
+            assert blend_mod.blend(e, none, lam).shape == (0, 3, 8, 8)
+            assert blend_mod.blend_(e.clone(), none, lam).shape == (0, 3, 8, 8)
+        assert blend_mod.bc_plus_blend(e, none, torch.zeros(0)).shape == (0, 3, 8, 8)
+
+
 def test_one_box_paste_backward_takes_int32_pairings():
     from mixkit.functional.boxes import paste_boxes
 

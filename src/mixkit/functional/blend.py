@@ -7,6 +7,7 @@ Follows Zhang et al., "mixup: Beyond Empirical Risk Minimization" (ICLR 2018) an
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -41,7 +42,7 @@ def take_rows(x: Tensor, index: Tensor) -> Tensor:
     is a plain copy per row (the N-d kernel computes offsets per element and allocates)."""
     index = index.to(x.device)
     if x.ndim > 2 and x.is_contiguous():
-        rows = x.view(x.shape[0], -1)
+        rows = x.view(x.shape[0], math.prod(x.shape[1:]))  # (not -1: an empty batch has no row size)
         n = index.shape[0]
         if is_large(n * rows.shape[1], x.dtype, x.device) and not (torch.is_grad_enabled() and x.requires_grad):
             out = torch.index_select(rows, 0, index, out=fresh((n, rows.shape[1]), x.dtype, x.device))
@@ -69,6 +70,8 @@ def uniform_value(lam: Tensor | float) -> float | None:
         return float(lam)
     if lam.numel() == 1:
         return float(lam.reshape(()))
+    if not lam.numel():  # no rows, no common value (aminmax has no identity)
+        return None
     low, high = torch.aminmax(lam)
     return float(low) if bool(low == high) else None
 
@@ -222,9 +225,11 @@ def bc_plus_blend(x: Tensor, index: Tensor, ratio: Tensor) -> Tensor:
         index: ``(B,)`` partner rows.
         ratio: ``(B,)`` label weight ``r`` of each row's own sample.
     """
+    if not x.shape[0]:  # nothing to mix (and std over no rows warns)
+        return x.clone()
     work = torch.promote_types(x.dtype, torch.float32)
     order = memory_order(x)
-    g = to_memory(x, order).reshape(x.shape[0], -1).to(work).std(dim=1, correction=0)
+    g = to_memory(x, order).reshape(x.shape[0], math.prod(x.shape[1:])).to(work).std(dim=1, correction=0)
     g1, g2 = g, g.index_select(0, index.to(x.device))
     r = ratio.to(device=x.device, dtype=work)
     num, den = r * g2, r * g2 + (1 - r) * g1

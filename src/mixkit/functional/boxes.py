@@ -48,7 +48,8 @@ def sample_cut_boxes(lam: Tensor, spatial: Sequence[int], *, generator: torch.Ge
     d = len(spatial)
     if lam.numel() == 1:
         return _one_cut_box(lam.item(), spatial, generator)
-    if d <= 2 and lam.ndim == 1 and lam.device.type == "cpu" and not lam.requires_grad:
+    if (d <= 2 and lam.ndim == 1 and lam.device.type == "cpu" and not lam.requires_grad
+            and lam.dtype in (torch.float32, torch.float64)):
         return _cut_boxes_numpy(lam, spatial, generator)
     # torch.rsub, torch.pow: the operators' Python wrappers cost more than the ops here
     ratio = torch.pow(torch.rsub(lam.to(torch.float64), 1.0).clamp_(0, 1), 1.0 / d)
@@ -68,7 +69,8 @@ def _cut_boxes_numpy(lam: Tensor, spatial: Sequence[int], generator: torch.Gener
     np.minimum(np.maximum(share, 0.0, out=share), 1.0, out=share)  # np.clip costs several times more
     ratio = np.sqrt(share, out=share) if d == 2 else share
     sizes = np.array(spatial, dtype=np.int64)
-    half = np.floor(ratio[:, None] * sizes).astype(np.int64) // 2  # (N, d)
+    with np.errstate(invalid="ignore"):  # a NaN lambda: the integer torch's .long() gives, without a warning
+        half = np.floor(ratio[:, None] * sizes).astype(np.int64) // 2  # (N, d)
     if d == 1 or spatial[0] == spatial[1]:  # one call: the same draws as one per dim, in dim order
         centre = rng.randint(0, spatial[0], (d, n), generator=generator).numpy().T
     else:
@@ -307,7 +309,10 @@ def paste_boxes_(x: Tensor, index: Tensor, boxes: Tensor) -> Tensor:
     if torch.is_grad_enabled() and x.requires_grad:
         raise ValueError("paste_boxes_ writes into x: x may not require grad (use paste_boxes)")
     order, view, index, spans = _paste_setup(x, index, boxes)
-    if spans is not None and row_paths.row_wise(view) and view.is_contiguous() and index.ndim == 1:
+    if (spans is not None and row_paths.row_wise(view) and view.is_contiguous() and index.ndim == 1
+            and all(start >= 0 and start + length <= view.shape[dim] for dim, start, length in spans)):
+        # (a box outside the image takes the batched path, which raises or clips as it always did:
+        # the rows' strided boxes would reach into the neighbouring rows)
         partners = index.tolist()
         if sorted(partners) == list(range(view.shape[0])):
             row_paths.copy_box_cycles_(view, partners, spans)

@@ -12,6 +12,7 @@ thresholds to compare both forms.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -29,7 +30,7 @@ ROW_LERP_MIN = 1 << 15
 
 def row_wise(view: Tensor) -> bool:
     """Whether :func:`lerp_rows` is the faster way to blend ``view``."""
-    return view.device.type == "cpu" and view.ndim > 1 and view[0].numel() >= ROW_LERP_MIN
+    return view.device.type == "cpu" and view.ndim > 1 and math.prod(view.shape[1:]) >= ROW_LERP_MIN  # B = 0 too
 
 
 def row_plan(b: int, index: Tensor, lam: Tensor | float) -> tuple[list[int], list[float]] | None:

@@ -42,7 +42,7 @@ def _blend_half_rows(view: Tensor, index: Tensor, lam: Tensor, *, partners: Tens
     """
     b = view.shape[0]
     view = view.contiguous()
-    flat = view.view(b, -1)
+    flat = view.view(b, math.prod(view.shape[1:]))
     rn = flat.shape[1]
     if view.device.type == "cpu" and partners is None and out is None and b * rn <= _HALF_WHOLE:
         # convert once, gather the partners from the float32 copy, blend, round once
@@ -52,10 +52,10 @@ def _blend_half_rows(view: Tensor, index: Tensor, lam: Tensor, *, partners: Tens
         w = lam.to(dtype=torch.float32).view(b, 1)
         return part.lerp_(own, w).to(view.dtype).view(view.shape)
     rows = max(1, _HALF_CHUNK // max(1, rn))
-    out = fresh(tuple(flat.shape), flat.dtype, flat.device) if out is None else out.view(b, -1)
+    out = fresh(tuple(flat.shape), flat.dtype, flat.device) if out is None else out.view(b, rn)
     index = index.to(view.device)
     w = lam.to(device=view.device, dtype=torch.float32).view(b, 1)
-    src = None if partners is None else partners.reshape(b, -1)
+    src = None if partners is None else partners.reshape(b, rn)
     if view.device.type != "cpu":
         for s in range(0, b, rows):
             e = min(b, s + rows)
@@ -128,7 +128,8 @@ def gather_rows_scratch(view: Tensor, index: Tensor) -> Tensor:
         out = buf[:numel].view(shape)
         rows[("view", view.dtype)] = (shape, out)
     if view.is_contiguous():  # whole rows: one copy per row
-        torch.index_select(view.view(view.shape[0], -1), 0, index, out=out.view(index.shape[0], -1))
+        per_row = math.prod(view.shape[1:])  # (not -1: an empty batch has no row size)
+        torch.index_select(view.view(view.shape[0], per_row), 0, index, out=out.view(index.shape[0], per_row))
     else:
         torch.index_select(view, 0, index, out=out)
     return out
