@@ -119,6 +119,8 @@ def test_shear_and_rotation_by_zero_are_identities_and_rotation_keeps_the_centre
 
 
 @pytest.mark.parametrize("op,mag", [("rotate", 13.0), ("shear_x", 0.21), ("shear_y", -0.17), ("translate_x", 4.0),
+                                    ("translate_x", 2.5), ("translate_x", -1.5), ("translate_y", 0.5),
+                                    ("shear_x", 1.0), ("shear_y", -0.5),
                                     ("autocontrast", 0.0), ("equalize", 0.0), ("posterize", 3.0),
                                     ("solarize", 180.0), ("color", 0.4), ("contrast", 1.6),
                                     ("brightness", 0.7), ("sharpness", 1.8)])
@@ -128,7 +130,8 @@ def test_operations_agree_with_pil_within_rounding(op, mag):
 
     img = np.random.default_rng(0).integers(0, 256, (12, 14, 3), dtype=np.uint8)
     im, (w, h) = pil.fromarray(img), (14, 12)
-    affine = {"shear_x": (1, mag, 0, 0, 1, 0), "shear_y": (1, 0, 0, mag, 1, 0), "translate_x": (1, 0, mag, 0, 1, 0)}
+    affine = {"shear_x": (1, mag, 0, 0, 1, 0), "shear_y": (1, 0, 0, mag, 1, 0), "translate_x": (1, 0, mag, 0, 1, 0),
+              "translate_y": (1, 0, 0, 0, 1, mag)}
     ref = {
         "rotate": lambda: im.rotate(mag, resample=pil.BILINEAR),
         "autocontrast": lambda: ImageOps.autocontrast(im), "equalize": lambda: ImageOps.equalize(im),

@@ -50,35 +50,39 @@ def affine_matrices(ops: Sequence[str], counts: Sequence[int], magnitude: Tensor
 
 @functools.lru_cache(maxsize=16)
 def _grid_terms(h: int, w: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
-    """Per image size (never written): the ``(2, 1)`` float64 scale of the matrix rows to
-    grid_sample's units, and the pixel centres ``x + .5`` ``(1, 1, 1, W)`` and ``y + .5``
-    ``(1, 1, H, 1)``."""
-    scale = torch.tensor([[2.0 / w], [2.0 / h]], dtype=torch.float64)
+    """Per image size (never written): the pixel centres ``x + .5`` ``(1, 1, 1, W)`` and
+    ``y + .5`` ``(1, 1, H, 1)``, and ``(1, 2, 1, 1)`` ``[2 / W, 2 / H]``, pixels to grid_sample's
+    units."""
     xs = (torch.arange(w, device=device, dtype=dtype) + 0.5).view(1, 1, 1, w)
     ys = (torch.arange(h, device=device, dtype=dtype) + 0.5).view(1, 1, h, 1)
-    return scale, xs, ys
+    to_grid = torch.tensor([2.0 / w, 2.0 / h], dtype=dtype, device=device).view(1, 2, 1, 1)
+    return xs, ys, to_grid
 
 
 def warp(x: Tensor, matrices: Tensor) -> Tensor:
     """Bilinear affine warp with per-sample matrices and PIL's edges.
 
-    A source point inside the image is read with its coordinates clamped to the pixel centres
-    (PIL's clamped bilinear); a point outside it reads 0 (moved far out, with zero padding).
-    Each grid coordinate is one broadcast ``a * x + (b * y + c)`` over the batch, with the
-    matrices pre-scaled to grid_sample's [-1, 1] units; the outside test is written as 0/1
+    Each output pixel's source point is one broadcast ``a * x + (b * y + c)`` over the batch,
+    in pixel units, where PIL's test is made: a point in ``[0, W) x [0, H)`` is read with its
+    coordinates clamped to the pixel centres (PIL's clamped bilinear), a point outside reads 0
+    (moved far out, with zero padding). The test is made before the points are scaled to
+    grid_sample's [-1, 1] units, whose rounding could put a point exactly on the far edge
+    (``x = W``, a translation by half pixels) inside. The outside test is written as 0/1
     floats (several times faster than bool tensors).
     """
     n, _, h, w = x.shape
-    scale, xs, ys = _grid_terms(h, w, x.dtype, x.device)
-    scaled = matrices.to(torch.float64).cpu() * scale
-    scaled[:, :, 2] -= 1.0  # normalised source coordinate 2 * src / size - 1
-    a, b, c = scaled.to(device=x.device, dtype=x.dtype).view(n, 2, 3, 1, 1).unbind(2)
-    planar = torch.add(a * xs, b * ys + c)  # (N, 2, H, W): the (u, v) planes
-    u, v = planar.unbind(1)
-    outside = torch.maximum(u, v).ge_(1.0).add_(torch.minimum(u, v).lt_(-1.0))  # 1 or 2 where outside
-    u.clamp_(1.0 / w - 1.0, 1.0 - 1.0 / w).sub_(outside, alpha=8.0)  # edge pixel centres; outside: far left
-    v.clamp_(1.0 / h - 1.0, 1.0 - 1.0 / h)
-    grid = planar.permute(0, 2, 3, 1)
+    xs, ys, to_grid = _grid_terms(h, w, x.dtype, x.device)
+    a, b, c = matrices.to(device=x.device, dtype=x.dtype).view(n, 2, 3, 1, 1).unbind(2)
+    planar = torch.add(a * xs, b * ys + c)  # (N, 2, H, W): the source points (sx, sy), in pixels
+    sx, sy = planar.unbind(1)
+    low = torch.minimum(sx, sy).lt_(0.0)
+    if h == w:
+        outside = torch.maximum(sx, sy).ge_(w).add_(low)  # 1 or 2 where outside
+    else:
+        outside = sx.ge(w).to(x.dtype).add_(sy.ge(h)).add_(low)
+    sx.clamp_(0.5, w - 0.5).sub_(outside, alpha=4.0 * w)  # edge pixel centres; outside: far left
+    sy.clamp_(0.5, h - 0.5)
+    grid = planar.mul_(to_grid).sub_(1.0).permute(0, 2, 3, 1)  # normalised: 2 s / size - 1
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
