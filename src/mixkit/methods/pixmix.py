@@ -85,6 +85,24 @@ def multiplicative_mix(img1: Tensor, img2: Tensor, a: Tensor, b: Tensor) -> Tens
     return power.add_(a + b - 1).exp2_()
 
 
+def _additive_mix_(img1: Tensor, img2: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """:func:`additive_mix` written into ``img1`` (a gathered copy the caller owns): the same
+    operations in the same order, without a batch of temporaries (which at 224x224 are fresh
+    memory and fault their pages in at every call)."""
+    return img1.mul_(a).addcmul_(match_format(img2, img1), b).add_((1 - a - b) / 2)
+
+
+def _multiplicative_mix_(img1: Tensor, img2: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """:func:`multiplicative_mix` written into ``img1``, with ``img2`` used as scratch (both
+    gathered copies the caller owns): the same operations in the same order."""
+    power = torch.log2(img1, out=img1).mul_(a)
+    zero = a == 0
+    if bool(zero.any()):
+        power.masked_fill_(zero, 0.0)
+    power.addcmul_(torch.log2(img2.clamp_min_(5e-38), out=img2), b)
+    return power.add_(a + b - 1).exp2_()
+
+
 def mixing_coefficients(size: tuple[int, ...], beta: float, *, generator: torch.Generator | None = None) -> Tensor:
     """The reference's ``get_ab``, drawn for every entry of ``size``.
 
@@ -140,15 +158,25 @@ def _rounds(mixed: Tensor, sources: Tensor, partner: Tensor, live: Tensor, param
     step, rows = step[order], rows[order]
     counts = torch.bincount(kind, minlength=2 * live.shape[1]).tolist()
     a, b = params.coef[rows, step].to(device=mixed.device, dtype=mixed.dtype).t().contiguous()  # (M,) each
-    partner = partner[rows, step]
+    partner = partner[rows, step].to(mixed.device)
+    # every group gathers its rows into the same two buffers (pooled blocks for large batches):
+    # fresh batch-sized temporaries would fault their pages in at every group of every call
+    most = max(counts)
+    if not most:
+        return
+    per_row = math.prod(mixed.shape[1:])
+    bufs = [fresh((most, per_row), mixed.dtype, mixed.device) for _ in range(2)]
+    flat, flat_sources = mixed.view(mixed.shape[0], per_row), sources.view(sources.shape[0], per_row)
     start = 0
     for i, count in enumerate(counts):
         if count:
             part = slice(start, start + count)
-            mix = additive_mix if i % 2 else multiplicative_mix
+            mix = _additive_mix_ if i % 2 else _multiplicative_mix_
             idx = rows[part].to(mixed.device)
             weights = (a[part].view(-1, 1, 1, 1), b[part].view(-1, 1, 1, 1))
-            mixed.index_copy_(0, idx, mix(take_rows(mixed, idx), take_rows(sources, partner[part]), *weights).clamp_(0, 1))
+            img1 = torch.index_select(flat, 0, idx, out=bufs[0][:count]).view((count,) + mixed.shape[1:])
+            img2 = torch.index_select(flat_sources, 0, partner[part], out=bufs[1][:count]).view(img1.shape)
+            mixed.index_copy_(0, idx, mix(img1, img2, *weights).clamp_(0, 1))  # mixed into img1, in place
         start += count
 
 
