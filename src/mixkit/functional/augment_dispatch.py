@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import functools
 import itertools
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from mixkit.functional.alloc import fresh
 from mixkit.functional.augment_geometry import (
     GEOMETRIC_OPS,
     affine_matrices,
@@ -118,14 +120,21 @@ def run_kernels(x: Tensor, source: Tensor, op_index: Tensor, magnitude: Tensor, 
     order, groups = _sort(_numpy(op_index), mags, ops)
     rows = torch.from_numpy(_numpy(source)[order]).to(x.device)
     mag = magnitude[order] if magnitude.dtype == torch.bfloat16 else torch.from_numpy(mags[order])
-    flat, h, w = x.view(x.shape[0], -1), x.shape[2], x.shape[3]
+    per_row, h, w = math.prod(x.shape[1:]), x.shape[2], x.shape[3]
+    flat = x.view(x.shape[0], per_row)
+    # each kernel's rows are gathered into one buffer shared by the groups (a pooled block for
+    # large images): a fresh temporary per group would fault its pages in at every call
+    most = max((g.bounds[-1] - g.bounds[0] for g in groups if g.ops), default=0)
+    scratch = fresh((most, per_row), x.dtype, x.device) if most else None
     for group in groups:
         start, stop = group.bounds[0], group.bounds[-1]
         dest = out[start:stop]
         if not group.ops:
-            torch.index_select(flat, 0, rows[start:stop], out=dest.view(stop - start, -1))
+            torch.index_select(flat, 0, rows[start:stop], out=dest.view(stop - start, per_row))
             continue
-        part = flat.index_select(0, rows[start:stop]).view(dest.shape)  # a scratch copy the kernel may overwrite
+        assert scratch is not None
+        # a scratch copy the kernel may overwrite
+        part = torch.index_select(flat, 0, rows[start:stop], out=scratch[: stop - start]).view(dest.shape)
         name = ops[group.ops[0]]
         if group.warped:
             counts = [b - a for a, b in itertools.pairwise(group.bounds)]
