@@ -190,6 +190,28 @@ def test_multi_sample_methods_give_the_same_mix_on_the_row_paths(name, dtype, ch
     assert torch.equal(rows, batched) and rows.stride() == batched.stride() and not torch.equal(rows, x)
 
 
+@pytest.mark.parametrize("mode", ["batch", "elem"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.uint8])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_yoco_flips_row_by_row_equal_the_batched_selection(mode, dtype, channels_last, monkeypatch):
+    """YOCO's per-sample flips of large halves, copied row by row into one block, against the
+    batched flip and selection (and the flip of every row)."""
+    x, y = _batch(dtype, channels_last), torch.arange(7)
+    inner = None if dtype == torch.uint8 else "mixup"
+
+    def run():
+        outs = []
+        for seed in range(6):  # some draws flip every row of a half, some a few, some none
+            out = mixkit.create("yoco", mode=mode, inner=inner)(x, y, generator=torch.Generator().manual_seed(seed))
+            outs.append(out.x)
+            assert out.params.flips.shape == (7, 2)
+        return tuple(outs)
+
+    batched, rows = _both(monkeypatch, run)
+    for a, b in zip(batched, rows, strict=True):
+        assert torch.equal(b, a) and b.stride() == a.stride()
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.uint8])
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_recursivemix_rows_equal_the_batched_gather(dtype, channels_last, monkeypatch):
