@@ -120,7 +120,7 @@ def test_the_row_paths_start_at_large_samples():
     assert not row_paths.row_wise(torch.empty(2, 3, 105, 105, device="meta"))  # CPU only
 
 
-@pytest.mark.parametrize("name", ["fmix", "gmix", "smoothmix", "gridmix", "mixed_example"])
+@pytest.mark.parametrize("name", ["fmix", "gmix", "smoothmix", "gridmix", "mixed_example", "hmix"])
 @pytest.mark.parametrize("mode", ["batch", "elem"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.uint8])
 @pytest.mark.parametrize("channels_last", [False, True])

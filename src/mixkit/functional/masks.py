@@ -36,8 +36,10 @@ from mixkit.functional.blend import (
     take_rows,
     to_memory,
 )
+from mixkit.functional import row_paths
 from mixkit.functional.boxes import (
     _copy_box_rows,
+    _row_boxes,
     _spans,
     box_mask,
     box_weight,
@@ -198,6 +200,10 @@ def hybrid_blend(x: Tensor, index: Tensor, boxes: Tensor, outside: Tensor) -> Te
         spans = _spans(boxes[0], d, order)
         _copy_box_rows(out, view, index, spans)
         return match_format(from_memory(out, order), x)
+    if row_paths.row_wise(view) and not (torch.is_grad_enabled() and (x.requires_grad or outside.requires_grad)):
+        out = _hybrid_rows(view, index, boxes, outside, tuple(x.shape[2:]), order)
+        if out is not None:
+            return match_format(from_memory(out, order), x)
     work = torch.float32 if x.dtype in _HALF else x.dtype
     # 1 - inside (exact: 0 or 1), times the Mixup weight, in the one new tensor box_weight made
     weight = box_weight(boxes, x.shape, work, order, x.device).neg_().add_(1.0)
@@ -205,6 +211,25 @@ def hybrid_blend(x: Tensor, index: Tensor, boxes: Tensor, outside: Tensor) -> Te
     partner = take_rows(view, index).to(work)
     out = _lerp_into(partner, view.to(work), weight)
     return match_format(from_memory(out.to(x.dtype), order), x)
+
+
+def _hybrid_rows(view: Tensor, index: Tensor, boxes: Tensor, outside: Tensor, spatial: tuple[int, ...],
+                 order: tuple[int, ...] | None) -> Tensor | None:
+    """:func:`hybrid_blend` with a box per sample, for large samples on the CPU: each row
+    blended with its partner by its scalar weight (:func:`row_paths.lerp_rows`: the precision
+    of the batched ``lerp``, float32 for half inputs), then the partner's box copied over it
+    (where the batched weight is 0: the partner's values). The same values, without the
+    batch-sized float32 copies and weight the batched form makes (which fault their pages in
+    at every call). ``None`` when a box lies outside the image or the rows or weights do not
+    fit (the batched form then clips or raises, as it always did)."""
+    listed = _row_boxes(index.cpu(), boxes.cpu(), spatial, order)
+    plan = row_paths.row_plan(view.shape[0], index, outside) if listed is not None else None
+    if plan is None:
+        return None
+    out = row_paths.lerp_rows(view, *plan)
+    for row, partner, spans in listed:
+        row_paths.row_box(out, row, spans).copy_(row_paths.row_box(view, partner, spans))
+    return out
 
 
 def _squeeze(x: Tensor, dim: int, size: int) -> Tensor:
