@@ -257,6 +257,28 @@ def test_row_paths_leave_bad_rows_and_boxes_to_the_batched_forms(monkeypatch):
             blend_mod.mask_blend(x, bad, torch.rand(7, 1, 9, 11) > 0.5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_local_mixup_distances_of_large_samples_equal_the_batched_ones(dtype, channels_last, monkeypatch):
+    """Local Mixup's pair distances: the partners gathered into the thread's reused buffer (large
+    samples) against a fresh gather; the buffer's later use does not change the result."""
+    from mixkit.methods.linear_more import pair_distances
+
+    x, y = _batch(dtype, channels_last), torch.arange(7)
+    index = torch.tensor([3, 0, 6, 1, 2, 2, 5])  # repeated partners and a row paired with itself
+
+    def run():
+        d = pair_distances(x, index)
+        out = mixkit.create("local_mixup", mode="elem", epsilon=3.0)(x, y, generator=torch.Generator().manual_seed(4))
+        return d.clone(), out.x, out.params.index
+
+    batched, rows = _both(monkeypatch, run)
+    for a, b in zip(batched, rows, strict=True):
+        assert torch.equal(a, b)
+    flat = x.double().flatten(1)
+    torch.testing.assert_close(batched[0], (flat[index] - flat).norm(dim=1), rtol=1e-5, atol=1e-5)
+
+
 def test_one_box_in_place_outside_the_image_behaves_as_the_batched_form(monkeypatch):
     """A box past the edge raises (never writes into the neighbouring rows); an empty box with a
     negative start changes nothing; on either path."""

@@ -16,16 +16,16 @@ from torch import Tensor
 
 from mixkit.functional import row_paths
 from mixkit.functional.alloc import fresh, fresh_like, is_large
-from mixkit.functional.scratch import (  # gather_rows_scratch, release_blend_scratch: also re-exported here
-    _blend_half_rows,
-    gather_rows_scratch,
-    release_blend_scratch,
-)
 from mixkit.functional.layout import (  # also re-exported here
     from_memory,
     match_format,
     memory_order,
     to_memory,
+)
+from mixkit.functional.scratch import (  # gather_rows_scratch, release_blend_scratch: also re-exported here
+    _blend_half_rows,
+    gather_rows_scratch,
+    release_blend_scratch,
 )
 
 __all__ = ["blend", "blend_", "gather_rows_scratch", "release_blend_scratch", "bc_plus_blend", "mask_blend", "select_by_mask", "match_format", "memory_order", "gather_rows", "take_rows", "select_rows"]

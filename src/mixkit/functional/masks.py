@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from mixkit import rng
 from mixkit.errors import ModelError, ShapeError
+from mixkit.functional import row_paths
 from mixkit.functional.alloc import fresh_like
 from mixkit.functional.blend import (
     _lerp_into,
@@ -36,7 +37,6 @@ from mixkit.functional.blend import (
     take_rows,
     to_memory,
 )
-from mixkit.functional import row_paths
 from mixkit.functional.boxes import (
     _copy_box_rows,
     _row_boxes,
