@@ -168,7 +168,11 @@ def _copy_cells(view: Tensor, sources: Tensor, windows: Sequence[tuple[tuple[sli
     """Cell ``k`` of every output row: the source window of row ``sources[:, k]``."""
     out = fresh_like(view)
     for k, (dst, src) in enumerate(windows):
-        out[dst] = view[src].index_select(0, sources[:, k])
+        if view.device.type == "cpu" and not (torch.is_grad_enabled() and view.requires_grad):
+            # straight into the output's cell: one pass, no cell-sized temporary
+            torch.index_select(view[src], 0, sources[:, k], out=out[dst])
+        else:
+            out[dst] = view[src].index_select(0, sources[:, k])
     return out
 
 
