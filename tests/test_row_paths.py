@@ -175,7 +175,7 @@ def test_row_paths_take_any_weight_shape_the_batched_forms_take(lam, monkeypatch
     assert torch.equal(a, b) and torch.equal(a_inplace, b_inplace) and torch.equal(a, a_inplace)
 
 
-@pytest.mark.parametrize("name", ["mosaic", "ricap", "dcutmix"])
+@pytest.mark.parametrize("name", ["mosaic", "ricap", "dcutmix", "cut_thumbnail"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.uint8])
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_multi_sample_methods_give_the_same_mix_on_the_row_paths(name, dtype, channels_last, monkeypatch):

@@ -329,6 +329,31 @@ def paste_nested(x: Tensor, sources: Tensor, boxes: Tensor) -> Tensor:
     return _gather_pixels(x, flat.view(-1))
 
 
+def _thumbnail_rows(out: Tensor, thumbs: Tensor, index: Tensor, boxes: Tensor, full: Tensor,
+                    size: list[int]) -> bool:
+    """Per-sample thumbnails of large samples on the CPU, outside autograd: each row's
+    thumbnail, ``thumbs[index[r]]``, copied into its box of ``out`` (plain copies: the values
+    of the batched gather and indexed assignment, which builds an index per pixel). False
+    (nothing written) when the rows or a box do not fit (the batched form then raises)."""
+    if not row_paths.row_wise(out) or (torch.is_grad_enabled() and (out.requires_grad or thumbs.requires_grad)):
+        return False
+    b, d = out.shape[0], len(size)
+    rows, starts, kept = index.tolist(), boxes[:, :d].tolist(), full.tolist()
+    spatial = out.shape[2:]
+    if len(rows) != b or any(not 0 <= r < thumbs.shape[0] for r in rows) or any(
+            k and any(not 0 <= a <= n - s for a, n, s in zip(start, spatial, size))
+            for start, k in zip(starts, kept)):
+        return False
+    order = memory_order(out)
+    first = 2 if order is None else 1
+    view, small = to_memory(out, order), to_memory(thumbs, order)
+    for r in range(b):
+        if kept[r]:
+            spans = tuple((first + k, starts[r][k], size[k]) for k in range(d))
+            row_paths.row_box(view, r, spans).copy_(small[rows[r]])
+    return True
+
+
 def paste_thumbnails(x: Tensor, index: Tensor, boxes: Tensor) -> Tensor:
     """Paste the whole of ``x[index]``, shrunk to the boxes' common size, into ``x`` at each box.
 
@@ -355,8 +380,10 @@ def paste_thumbnails(x: Tensor, index: Tensor, boxes: Tensor) -> Tensor:
     else:
         info = torch.iinfo(x.dtype)
         thumbs = thumbs.round_().clamp_(info.min, info.max).to(x.dtype)
-    thumbs = gather_rows(thumbs, index)
     out = fresh_copy(x)
+    if boxes.shape[0] != 1 and _thumbnail_rows(out, thumbs, index, boxes, full, size):
+        return out
+    thumbs = gather_rows(thumbs, index)
     if boxes.shape[0] == 1:
         out[(slice(None), slice(None)) + tuple(slice(a, a + s) for a, s in zip(boxes[0, :d].tolist(), size))] = thumbs
         return out
