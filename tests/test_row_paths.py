@@ -298,12 +298,33 @@ def test_one_box_in_place_outside_the_image_behaves_as_the_batched_form(monkeypa
 
 
 def test_empty_batches_blend_on_the_cpu():
+    """Empty batches, of small and of large (row-path) samples, take the batched forms."""
+    from mixkit.functional.boxes import paste_boxes, paste_boxes_
+
     none = torch.zeros(0, dtype=torch.long)
-    for e in (torch.rand(0, 3, 8, 8), torch.rand(0, 3, 8, 8, dtype=torch.bfloat16)):
+    for e in (torch.rand(0, 3, 8, 8), torch.rand(0, 3, 8, 8, dtype=torch.bfloat16), torch.rand(0, 3, 224, 224)):
+        assert paste_boxes_(e.clone(), none, torch.tensor([[2, 2, 5, 5]])).shape == e.shape
+        assert paste_boxes(e, none, torch.zeros(0, 4, dtype=torch.long)).shape == e.shape
         for lam in (0.3, torch.zeros(0)):
-            assert blend_mod.blend(e, none, lam).shape == (0, 3, 8, 8)
-            assert blend_mod.blend_(e.clone(), none, lam).shape == (0, 3, 8, 8)
-        assert blend_mod.bc_plus_blend(e, none, torch.zeros(0)).shape == (0, 3, 8, 8)
+            assert blend_mod.blend(e, none, lam).shape == e.shape
+            assert blend_mod.blend_(e.clone(), none, lam).shape == e.shape
+        assert blend_mod.bc_plus_blend(e, none, torch.zeros(0)).shape == e.shape
+
+
+def test_thumbnail_rows_leave_box_counts_other_than_the_batch_to_the_batched_form(monkeypatch):
+    from mixkit.functional.multi import paste_thumbnails
+
+    x, index = torch.rand(4, 3, 16, 16), torch.tensor([1, 0, 3, 2])
+    for n in (2, 6):
+        boxes = torch.tensor([[0, 0, 8, 8]] * n)
+        results = []
+        for threshold in (1 << 60, 1):
+            monkeypatch.setattr(row_paths, "ROW_LERP_MIN", threshold)
+            try:
+                results.append(paste_thumbnails(x, index, boxes))
+            except (IndexError, RuntimeError) as err:
+                results.append(type(err))
+        assert all(isinstance(r, type) for r in results) or torch.equal(results[0], results[1]), n
 
 
 def test_one_box_paste_backward_takes_int32_pairings():

@@ -48,7 +48,7 @@ def sample_cut_boxes(lam: Tensor, spatial: Sequence[int], *, generator: torch.Ge
     d = len(spatial)
     if lam.numel() == 1:
         return _one_cut_box(lam.item(), spatial, generator)
-    if (d <= 2 and lam.ndim == 1 and lam.device.type == "cpu" and not lam.requires_grad
+    if (1 <= d <= 2 and lam.ndim == 1 and lam.device.type == "cpu" and not lam.requires_grad
             and lam.dtype in (torch.float32, torch.float64)):
         return _cut_boxes_numpy(lam, spatial, generator)
     # torch.rsub, torch.pow: the operators' Python wrappers cost more than the ops here
@@ -105,7 +105,7 @@ def box_fraction(boxes: Tensor, spatial: Sequence[int]) -> Tensor:
     d = len(spatial)
     if boxes.shape[0] == 1:
         return torch.tensor([one_box_fraction(boxes, spatial)], dtype=torch.float64)
-    if boxes.device.type == "cpu" and boxes.dtype == torch.int64 and boxes.ndim == 2 and d <= 2:
+    if boxes.device.type == "cpu" and boxes.dtype == torch.int64 and boxes.ndim == 2 and 1 <= d <= 2:
         # numpy: the same products (one or two sides, exact in float64), fewer calls
         b = boxes.numpy()
         sides = np.maximum(b[:, d:] - b[:, :d], 0).astype(np.float64)

@@ -340,7 +340,7 @@ def _thumbnail_rows(out: Tensor, thumbs: Tensor, index: Tensor, boxes: Tensor, f
     b, d = out.shape[0], len(size)
     rows, starts, kept = index.tolist(), boxes[:, :d].tolist(), full.tolist()
     spatial = out.shape[2:]
-    if len(rows) != b or any(not 0 <= r < thumbs.shape[0] for r in rows) or any(
+    if len(rows) != b or boxes.shape[0] != b or any(not 0 <= r < thumbs.shape[0] for r in rows) or any(
             k and any(not 0 <= a <= n - s for a, n, s in zip(start, spatial, size))
             for start, k in zip(starts, kept)):
         return False

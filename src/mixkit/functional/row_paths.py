@@ -30,7 +30,8 @@ ROW_LERP_MIN = 1 << 15
 
 def row_wise(view: Tensor) -> bool:
     """Whether :func:`lerp_rows` is the faster way to blend ``view``."""
-    return view.device.type == "cpu" and view.ndim > 1 and math.prod(view.shape[1:]) >= ROW_LERP_MIN  # B = 0 too
+    # (an empty batch takes the batched forms, which handle it)
+    return view.device.type == "cpu" and view.ndim > 1 and view.shape[0] > 0 and math.prod(view.shape[1:]) >= ROW_LERP_MIN
 
 
 def row_plan(b: int, index: Tensor, lam: Tensor | float) -> tuple[list[int], list[float]] | None:
