@@ -1,0 +1,89 @@
+"""PixMix's two mixings and their coefficients (for :mod:`mixkit.methods.pixmix`, which
+still serves the public names).
+
+Paper and reference code:
+    * Hendrycks, Zou, Mazeika, Tang, Li, Song, Steinhardt, "PixMix: Dreamlike Pictures
+      Comprehensively Improve Safety Measures", CVPR 2022 (github.com/andyzoujm/pixmix:
+      ``pixmix_utils.py`` ``get_ab``, ``add``, ``multiply``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from mixkit import rng
+from mixkit.functional.layout import match_format
+
+__all__ = ["additive_mix", "mixing_coefficients", "multiplicative_mix"]
+
+
+def additive_mix(img1: Tensor, img2: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """The reference's ``add``: ``(a (2 img1 - 1) + b (2 img2 - 1) + 1) / 2`` (not clipped),
+    computed as ``a img1 + b img2 + (1 - a - b) / 2``.
+
+    Args:
+        img1, img2: ``(B, C, H, W)`` pixels in [0, 1].
+        a, b: weights broadcastable to the images, e.g. ``(B, 1, 1, 1)``.
+    """
+    # img2 in img1's channels_last layout first: the copy and a one-layout addcmul are faster
+    return (img1 * a).addcmul_(match_format(img2, img1), b).add_((1 - a - b) / 2)
+
+
+def multiplicative_mix(img1: Tensor, img2: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """The reference's ``multiply``: ``(2 img1)^a (2 img2)^b / 2`` with ``2 img2`` clipped below
+    at 1e-37 (``b`` may be negative), not clipped above; computed as
+    ``2^(a + b - 1) img1^a max(img2, 5e-38)^b``.
+
+    Args:
+        img1, img2: ``(B, C, H, W)`` pixels in [0, 1] (float32 or wider: 5e-38 underflows in half).
+        a, b: weight tensors broadcastable to the images (``a > 0``).
+
+    Computed as one ``2^(a log2 img1 + b log2 max(img2, 5e-38) + a + b - 1)``: the
+    vectorised ``log2`` and ``exp2`` kernels are several times faster than two elementwise
+    ``pow`` with per-sample exponents (about 4x on the CPU). The result is within a few
+    parts per million of the correctly rounded powers. As with ``pow``, ``0^a`` is 0 for
+    ``a > 0`` and ``img1^0`` is 1 (rows whose ``a`` underflowed to 0, where ``0 * log2 0``
+    would be NaN).
+    """
+    power = torch.log2(img1).mul_(a)
+    zero = a == 0
+    if bool(zero.any()):
+        power.masked_fill_(zero, 0.0)
+    power.addcmul_(torch.log2(img2.clamp_min(5e-38)), b)
+    return power.add_(a + b - 1).exp2_()
+
+
+def _additive_mix_(img1: Tensor, img2: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """:func:`additive_mix` written into ``img1`` (a gathered copy the caller owns): the same
+    operations in the same order, without a batch of temporaries (which at 224x224 are fresh
+    memory and fault their pages in at every call)."""
+    return img1.mul_(a).addcmul_(match_format(img2, img1), b).add_((1 - a - b) / 2)
+
+
+def _multiplicative_mix_(img1: Tensor, img2: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """:func:`multiplicative_mix` written into ``img1``, with ``img2`` used as scratch (both
+    gathered copies the caller owns): the same operations in the same order."""
+    power = torch.log2(img1, out=img1).mul_(a)
+    zero = a == 0
+    if bool(zero.any()):
+        power.masked_fill_(zero, 0.0)
+    power.addcmul_(torch.log2(img2.clamp_min_(5e-38), out=img2), b)
+    return power.add_(a + b - 1).exp2_()
+
+
+def mixing_coefficients(size: tuple[int, ...], beta: float, *, generator: torch.Generator | None = None) -> Tensor:
+    """The reference's ``get_ab``, drawn for every entry of ``size``.
+
+    With probability 1/2 ``a ~ Beta(beta, 1)`` and ``b ~ Beta(1, beta)`` (a convex-like blend),
+    else ``a = 1 + Beta(1, beta)`` and ``b = -Beta(1, beta)`` (an extrapolation away from the
+    partner), the two Beta(1, beta) draws independent.
+
+    Returns:
+        ``size + (2,)`` float64: ``[..., 0]`` is ``a``, ``[..., 1]`` is ``b``.
+    """
+    first = rng.bernoulli(size, 0.5, generator=generator)
+    d1 = rng.beta(size, beta, 1.0, generator=generator)
+    d2 = rng.beta(size, 1.0, beta, generator=generator)
+    d3 = rng.beta(size, 1.0, beta, generator=generator)
+    return torch.stack([torch.where(first, d1, 1 + d2), torch.where(first, d2, -d3)], dim=-1)
