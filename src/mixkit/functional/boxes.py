@@ -235,7 +235,11 @@ def paste_boxes_(x: Tensor, index: Tensor, boxes: Tensor) -> Tensor:
             row_paths.copy_box_cycles_(view, partners, spans)
             return x
     if spans is not None:  # the box's partner rows are gathered before the box is written
-        _narrow(view, spans).copy_(_gather_box(view, index, spans, scratch=True))
+        region = _narrow(view, spans)
+        if row_paths.row_wise(view):  # large samples: the band's long runs copy faster
+            region.copy_(_gather_box(view, index, spans, scratch=True))
+        else:  # small ones: the box itself (fewer calls; CutMix in place at 32x32: float32 0.96x, bfloat16 1.01x)
+            region.copy_(gather_rows_scratch(region, index))
         return x
     if not view.is_contiguous():
         return x.copy_(paste_boxes(x, index, boxes))
