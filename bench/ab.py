@@ -5,6 +5,7 @@ Usage:
     python bench/ab.py --ref HEAD~3 --methods gmix:elem --size 224 --rounds 20 --channels-last
     python bench/ab.py --ref HEAD --methods cutmix:batch --size 32 --dtype bfloat16 --backward
     python bench/ab.py --ref HEAD~1 --methods augmix:batch --size 32 --channels-last --normalize
+    python bench/ab.py --ref HEAD~1 --methods cutmix:batch mixup:batch --size 32 --inplace
 
 This machine's speed drifts by up to 2x within minutes, so timings from two processes (or two
 runs) of the same code can differ more than a change does. This script extracts ``src/mixkit``
@@ -17,7 +18,10 @@ same output (``torch.equal`` on the mixed batch and the target weights, same see
 the median page faults per call of each side (``ru_minflt``: a fresh large tensor faults
 each 4 KiB page in when first written).
 ``--backward`` times the forward and ``out.x.sum().backward()`` (as ``bench/ops.py``'s
-fwd+bwd), and the output check also compares the input gradients.
+fwd+bwd), and the output check also compares the input gradients. ``--inplace`` builds the
+methods with ``inplace=True``: each side mixes a tensor of its own, overwritten at every call,
+and the timed call includes ``out.target.soft()`` (``bench/ops.py``'s in-place columns); the
+output check compares the first call's results.
 """
 
 from __future__ import annotations
@@ -56,6 +60,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--channels-last", action="store_true")
     ap.add_argument("--rounds", type=int, default=12)
     ap.add_argument("--backward", action="store_true", help="time forward + out.x.sum().backward()")
+    ap.add_argument("--inplace", action="store_true",
+                    help="build the methods with inplace=True (Mixup, CutMix): each side mixes a tensor of its own, "
+                         "overwritten at every call, and the call includes the dense target (.soft()), as "
+                         "bench/ops.py's in-place columns")
     ap.add_argument("--normalize", action="store_true",
                     help="give both sides CIFAR-10's input normalisation (set_input_normalization), as the "
                          "training engine and bench/overhead.py do; the batch stays torch.rand")
@@ -90,15 +98,25 @@ def compare(name: str, mode: str, ref: object, args: argparse.Namespace) -> dict
         x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (args.batch,), generator=g)
     opts = {"mode": mode} if "mode" in mixkit.method_info(name).defaults else {}
+    if args.inplace:
+        if "inplace" not in mixkit.method_info(name).defaults:
+            raise SystemExit(f"--inplace: {name} has no inplace option")
+        if args.backward:
+            raise SystemExit("--inplace and --backward exclude each other (an in-place mix is not differentiable)")
+        opts.update(inplace=True, num_classes=10)
     sides = {"ref": ref.create(name, **opts), "new": mixkit.create(name, **opts)}  # type: ignore[attr-defined]
     if args.normalize:
         stats = dataset_stats("cifar10")
         for method in sides.values():
             method.set_input_normalization(*stats)
     leaves = {k: x.detach().clone().requires_grad_() for k in sides} if args.backward else {k: x for k in sides}
+    if args.inplace:  # a tensor of its own per side, mixed again at every call
+        leaves = {k: x.clone() for k in sides}
 
     def call(k: str, generator: torch.Generator) -> object:
         out = sides[k](leaves[k], y, generator=generator)
+        if args.inplace:
+            out.target.soft()
         if args.backward:
             leaves[k].grad = None
             out.x.sum().backward()
@@ -142,7 +160,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.out:
         result = {"command": "python bench/ab.py " + " ".join(argv if argv is not None else sys.argv[1:]),
                   "ref": args.ref, "input": [args.batch, 3, args.size, args.size], "dtype": args.dtype,
-                  "channels_last": args.channels_last, "backward": args.backward, "clock": "process CPU time, 1 thread", "rows": rows}
+                  "channels_last": args.channels_last, "backward": args.backward, "inplace": args.inplace,
+                  "clock": "process CPU time, 1 thread", "rows": rows}
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
     return rows

@@ -40,3 +40,14 @@ def test_ab_benchmark_with_backward_compares_gradients(tmp_path):
                     "--rounds", "2", "--backward", "--out", str(tmp_path / "ab.json")])
     assert all(r["same_output"] for r in rows)  # outputs, targets and input gradients of HEAD's code
     assert json.loads((tmp_path / "ab.json").read_text())["backward"] is True
+
+
+@pytest.mark.skipif(not _in_git(), reason="needs the git repository")
+def test_ab_benchmark_in_place(tmp_path):
+    ab = load_bench("ab")
+    rows = ab.main(["--ref", "HEAD", "--methods", "cutmix:batch", "mixup:elem", "--size", "8", "--batch", "4",
+                    "--rounds", "2", "--inplace", "--out", str(tmp_path / "ab.json")])
+    assert all(r["same_output"] and r["new_ms"] > 0 for r in rows)
+    assert json.loads((tmp_path / "ab.json").read_text())["inplace"] is True
+    with pytest.raises(SystemExit, match="no inplace option"):
+        ab.main(["--ref", "HEAD", "--methods", "fmix:batch", "--size", "8", "--batch", "4", "--rounds", "1", "--inplace"])
