@@ -236,9 +236,9 @@ def paste_boxes_(x: Tensor, index: Tensor, boxes: Tensor) -> Tensor:
             return x
     if spans is not None:  # the box's partner rows are gathered before the box is written
         region = _narrow(view, spans)
-        if row_paths.row_wise(view):  # large samples: the band's long runs copy faster
+        if row_paths.row_wise(view) or view.element_size() < 4:  # the band's longer runs copy faster
             region.copy_(_gather_box(view, index, spans, scratch=True))
-        else:  # small ones: the box itself (fewer calls; CutMix in place at 32x32: float32 0.96x, bfloat16 1.01x)
+        else:  # small samples of 4-byte or wider values: the box itself, fewer calls (float32 in place at 32x32: 0.98x)
             region.copy_(gather_rows_scratch(region, index))
         return x
     if not view.is_contiguous():
