@@ -58,14 +58,21 @@ def _cut_boxes_numpy(lam: Tensor, spatial: Sequence[int], generator: torch.Gener
     sizes = np.array(spatial, dtype=np.int64)
     with np.errstate(invalid="ignore"):  # a NaN lambda: the integer torch's .long() gives, without a warning
         half = np.floor(ratio[:, None] * sizes).astype(np.int64) // 2  # (N, d)
-    if d == 1 or spatial[0] == spatial[1]:  # one call: the same draws as one per dim, in dim order
-        centre = rng.randint(0, spatial[0], (d, n), generator=generator).numpy().T
-    else:
-        centre = np.stack([rng.randint(0, size, (n,), generator=generator).numpy() for size in spatial], axis=1)
+    centre = _centres(spatial, n, generator)
     boxes = np.empty((n, 2 * d), dtype=np.int64)
     np.maximum(centre - half, 0, out=boxes[:, :d])
     np.minimum(centre + half, sizes, out=boxes[:, d:])
     return torch.from_numpy(boxes)
+
+
+def _centres(spatial: Sequence[int], n: int, generator: torch.Generator | None) -> np.ndarray:
+    """``(n, d)`` int64 box centres, uniform per dim: one ``randint`` of ``n`` draws per dim, in
+    dim order (equal sides: one call for all dims, the same draws)."""
+    if not spatial:
+        return np.zeros((n, 0), dtype=np.int64)
+    if len(set(spatial)) == 1:
+        return rng.randint(0, spatial[0], (len(spatial), n), generator=generator).numpy().T
+    return np.stack([rng.randint(0, size, (n,), generator=generator).numpy() for size in spatial], axis=1)
 
 
 def _one_cut_box(lam: float, spatial: Sequence[int], generator: torch.Generator | None) -> Tensor:
@@ -75,10 +82,7 @@ def _one_cut_box(lam: float, spatial: Sequence[int], generator: torch.Generator 
     share = min(max(1.0 - lam, 0.0), 1.0)
     # torch evaluates ``t ** 0.5`` as a square root and ``t ** 1.0`` as the identity
     ratio = math.sqrt(share) if d == 2 else share if d == 1 else share ** (1.0 / d)
-    if len(set(spatial)) == 1:  # equal sides: one call, the same draws as one per dim
-        centres = rng.randint(0, spatial[0], (d,), generator=generator).tolist()
-    else:
-        centres = [int(rng.randint(0, size, (1,), generator=generator)) for size in spatial]
+    centres = _centres(spatial, 1, generator)[0].tolist()
     starts, ends = [], []
     for size, centre in zip(spatial, centres):
         half = math.floor(ratio * size) // 2

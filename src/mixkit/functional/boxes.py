@@ -175,7 +175,7 @@ def paste_boxes(x: Tensor, index: Tensor, boxes: Tensor) -> Tensor:
         out = fresh_copy(view)
         _copy_box_rows(out, view, index, spans)
         return match_format(from_memory(out, order), x)
-    listed = _row_boxes(index, boxes, x.shape[2:], order) if row_paths.row_wise(view) and not (torch.is_grad_enabled() and x.requires_grad) else None
+    listed = _row_boxes(index, boxes, x.shape[2:], order) if row_paths.rows_without_grad(view, x) else None
     if listed is not None:
         pasted = {row: (partner, spans) for row, partner, spans in listed}
         if view[0].nbytes < row_paths.ROW_COPY_MIN_BYTES:  # one copy of the batch, then the boxes

@@ -200,7 +200,7 @@ def hybrid_blend(x: Tensor, index: Tensor, boxes: Tensor, outside: Tensor) -> Te
         spans = _spans(boxes[0], d, order)
         _copy_box_rows(out, view, index, spans)
         return match_format(from_memory(out, order), x)
-    if row_paths.row_wise(view) and not (torch.is_grad_enabled() and (x.requires_grad or outside.requires_grad)):
+    if row_paths.rows_without_grad(view, x, outside):
         out = _hybrid_rows(view, index, boxes, outside, tuple(x.shape[2:]), order)
         if out is not None:
             return match_format(from_memory(out, order), x)

@@ -204,7 +204,7 @@ def _by_rows(x: Tensor, paste: Callable[[Tensor, int], Tensor | None]) -> Tensor
     """``paste(view, first)`` on ``x`` in its memory order (``first``: the view's first spatial
     dim) for large samples on the CPU outside autograd, back in ``x``'s format; ``None``
     otherwise, or when ``paste`` declines (the batched gather then runs)."""
-    if not row_paths.row_wise(x) or (torch.is_grad_enabled() and x.requires_grad):
+    if not row_paths.rows_without_grad(x):
         return None
     order = memory_order(x)
     out = paste(to_memory(x, order), 2 if order is None else 1)
@@ -335,7 +335,7 @@ def _thumbnail_rows(out: Tensor, thumbs: Tensor, index: Tensor, boxes: Tensor, f
     thumbnail, ``thumbs[index[r]]``, copied into its box of ``out`` (plain copies: the values
     of the batched gather and indexed assignment, which builds an index per pixel). False
     (nothing written) when the rows or a box do not fit (the batched form then raises)."""
-    if not row_paths.row_wise(out) or (torch.is_grad_enabled() and (out.requires_grad or thumbs.requires_grad)):
+    if not row_paths.rows_without_grad(out, thumbs):
         return False
     b, d = out.shape[0], len(size)
     rows, starts, kept = index.tolist(), boxes[:, :d].tolist(), full.tolist()

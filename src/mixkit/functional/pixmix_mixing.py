@@ -26,8 +26,7 @@ def additive_mix(img1: Tensor, img2: Tensor, a: Tensor, b: Tensor) -> Tensor:
         img1, img2: ``(B, C, H, W)`` pixels in [0, 1].
         a, b: weights broadcastable to the images, e.g. ``(B, 1, 1, 1)``.
     """
-    # img2 in img1's channels_last layout first: the copy and a one-layout addcmul are faster
-    return (img1 * a).addcmul_(match_format(img2, img1), b).add_((1 - a - b) / 2)
+    return _additive(img1, img2, a, b, in_place=False)
 
 
 def multiplicative_mix(img1: Tensor, img2: Tensor, a: Tensor, b: Tensor) -> Tensor:
@@ -46,30 +45,38 @@ def multiplicative_mix(img1: Tensor, img2: Tensor, a: Tensor, b: Tensor) -> Tens
     ``a > 0`` and ``img1^0`` is 1 (rows whose ``a`` underflowed to 0, where ``0 * log2 0``
     would be NaN).
     """
-    power = torch.log2(img1).mul_(a)
+    return _multiplicative(img1, img2, a, b, in_place=False)
+
+
+def _additive(img1: Tensor, img2: Tensor, a: Tensor, b: Tensor, *, in_place: bool) -> Tensor:
+    """:func:`additive_mix`; ``in_place``: written into ``img1`` (a gathered copy the caller
+    owns), the same operations in the same order without a batch of temporaries (at 224x224
+    fresh memory, whose pages fault in at every call)."""
+    # img2 in img1's channels_last layout first: the copy and a one-layout addcmul are faster
+    out = img1.mul_(a) if in_place else img1 * a
+    return out.addcmul_(match_format(img2, img1), b).add_((1 - a - b) / 2)
+
+
+def _multiplicative(img1: Tensor, img2: Tensor, a: Tensor, b: Tensor, *, in_place: bool) -> Tensor:
+    """:func:`multiplicative_mix`; ``in_place``: written into ``img1``, with ``img2`` used as
+    scratch (both gathered copies the caller owns)."""
+    power = torch.log2(img1, out=img1 if in_place else None).mul_(a)
     zero = a == 0
     if bool(zero.any()):
         power.masked_fill_(zero, 0.0)
-    power.addcmul_(torch.log2(img2.clamp_min(5e-38)), b)
+    floor = img2.clamp_min_(5e-38) if in_place else img2.clamp_min(5e-38)
+    power.addcmul_(torch.log2(floor, out=floor if in_place else None), b)
     return power.add_(a + b - 1).exp2_()
 
 
 def _additive_mix_(img1: Tensor, img2: Tensor, a: Tensor, b: Tensor) -> Tensor:
-    """:func:`additive_mix` written into ``img1`` (a gathered copy the caller owns): the same
-    operations in the same order, without a batch of temporaries (which at 224x224 are fresh
-    memory and fault their pages in at every call)."""
-    return img1.mul_(a).addcmul_(match_format(img2, img1), b).add_((1 - a - b) / 2)
+    """:func:`additive_mix` written into ``img1`` (see :func:`_additive`)."""
+    return _additive(img1, img2, a, b, in_place=True)
 
 
 def _multiplicative_mix_(img1: Tensor, img2: Tensor, a: Tensor, b: Tensor) -> Tensor:
-    """:func:`multiplicative_mix` written into ``img1``, with ``img2`` used as scratch (both
-    gathered copies the caller owns): the same operations in the same order."""
-    power = torch.log2(img1, out=img1).mul_(a)
-    zero = a == 0
-    if bool(zero.any()):
-        power.masked_fill_(zero, 0.0)
-    power.addcmul_(torch.log2(img2.clamp_min_(5e-38), out=img2), b)
-    return power.add_(a + b - 1).exp2_()
+    """:func:`multiplicative_mix` written into ``img1`` (see :func:`_multiplicative`)."""
+    return _multiplicative(img1, img2, a, b, in_place=True)
 
 
 def mixing_coefficients(size: tuple[int, ...], beta: float, *, generator: torch.Generator | None = None) -> Tensor:

@@ -23,7 +23,7 @@ from mixkit.functional.blend import (
 )
 from mixkit.functional.boxes import Span, _narrow, _paste_into, _row_boxes, _spans
 from mixkit.functional.resize import interpolate_batch
-from mixkit.functional.row_paths import row_wise
+from mixkit.functional.row_paths import rows_without_grad
 
 __all__ = ["paste_resized"]
 
@@ -62,7 +62,7 @@ def paste_resized(x: Tensor, index: Tensor, boxes: Tensor) -> Tensor:
         out = fresh_copy(x)
         _narrow(out, spans).copy_(_cast_back(gather_rows(small, index), x))
         return out
-    listed = _row_boxes(index, boxes, x.shape[2:], None) if row_wise(x) and not (torch.is_grad_enabled() and x.requires_grad) else None
+    listed = _row_boxes(index, boxes, x.shape[2:], None) if rows_without_grad(x) else None
     if listed is not None:
         return _paste_resized_rows(x, listed, work)
     return _paste_resized_each(x, index, boxes, work)

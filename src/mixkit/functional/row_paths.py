@@ -34,6 +34,12 @@ def row_wise(view: Tensor) -> bool:
     return view.device.type == "cpu" and view.ndim > 1 and view.shape[0] > 0 and math.prod(view.shape[1:]) >= ROW_LERP_MIN
 
 
+def rows_without_grad(view: Tensor, *others: Tensor) -> bool:
+    """:func:`row_wise`, and autograd follows none of ``view`` and ``others``: the row paths'
+    plain copies and per-row kernels are then free to run (they build no graph)."""
+    return row_wise(view) and not (torch.is_grad_enabled() and any(t.requires_grad for t in (view, *others)))
+
+
 def row_plan(b: int, index: Tensor, lam: Tensor | float) -> tuple[list[int], list[float]] | None:
     """Each row's partner and weight as Python numbers for the row paths, or ``None`` when
     ``index`` is not ``B`` rows of the batch or ``lam`` neither one weight nor one per row (the

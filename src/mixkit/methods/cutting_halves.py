@@ -131,7 +131,7 @@ def _flip_rows(h: Tensor, flips: Tensor, order: tuple[int, ...] | None) -> Tenso
     row by row, flipped or not, into one pooled block in ``order`` (the batch's memory order):
     the same values, where the batched selection is a 0/1 ``lerp`` (exact for finite values).
     """
-    if not (row_paths.row_wise(h) and not (torch.is_grad_enabled() and h.requires_grad)):
+    if not row_paths.rows_without_grad(h):
         return h.flip(-1) if bool(flips.all()) else select_rows(flips, h.flip(-1), h)
     shape = tuple(h.shape) if order is None else tuple(h.shape[d] for d in order)
     out = from_memory(fresh(shape, h.dtype, h.device), order)

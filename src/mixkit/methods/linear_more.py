@@ -47,7 +47,7 @@ def pair_distances(x: Tensor, index: Tensor) -> Tensor:
         index: ``(B,)`` partner rows.
     """
     flat = _flat(x)
-    if row_paths.row_wise(flat) and flat.is_contiguous() and not (torch.is_grad_enabled() and flat.requires_grad):
+    if row_paths.rows_without_grad(flat) and flat.is_contiguous():
         # large samples: the partners in this thread's reused buffer (a batch-sized fresh gather
         # faults its pages in at every call: 77 MB at 224x224); the same values
         diff = gather_rows_scratch(flat, index.cpu()).sub_(flat)
