@@ -131,3 +131,46 @@ def test_a_choice_with_an_augmentation_chain_is_not_differentiable():
     assert not rc.differentiable
     with pytest.raises(ValueError, match="not differentiable in x"):
         rc(torch.rand(4, 3, 8, 8, requires_grad=True), torch.arange(4))
+
+
+@pytest.mark.parametrize("max_soft", [0.0, 0.1])
+def test_fmix_sample_rows_draws_noise_for_those_rows_only(monkeypatch, max_soft):
+    import mixkit.methods.cutting as cutting
+
+    drawn = []
+    noise = cutting.fourier_noise
+    monkeypatch.setattr(cutting, "fourier_noise", lambda n, *a, **k: drawn.append(n) or noise(n, *a, **k))
+    fmix = mixkit.FMix(mode="elem", max_soft=max_soft)
+    x, y = torch.rand(10, 3, 16, 16, generator=gen(0)), torch.arange(10)
+    rows = torch.tensor([True, False, False, True, True, False, True, False, False, False])
+    p = fmix._sample_rows(x, y, rows, generator=gen(1))
+    assert drawn == [4]
+    kept = p.mask.double().flatten(1).mean(1)
+    torch.testing.assert_close(kept[rows], p.lam[rows], atol=1e-12, rtol=0)  # the label is the mask's share
+    assert bool((p.lam[rows] < 1).all()) and bool((p.index[rows] != torch.arange(10)[rows]).any())
+    assert bool(p.mask[~rows].all()) and bool((p.lam[~rows] == 1).all())  # the others: unmixed, paired with themselves
+    assert torch.equal(p.index[~rows], torch.arange(10)[~rows])
+    assert torch.equal(fmix.apply(x, p)[~rows], x[~rows])
+    # every row wanted: sample() itself, the same draws
+    whole, same = fmix._sample_rows(x, y, torch.ones(10, dtype=torch.bool), generator=gen(1)), fmix.sample(x, y, generator=gen(1))
+    assert torch.equal(whole.mask, same.mask) and torch.equal(whole.lam, same.lam)
+    none = fmix._sample_rows(x, y, torch.zeros(10, dtype=torch.bool), generator=gen(1))
+    assert torch.equal(fmix.apply(x, none), x) and bool((none.lam == 1).all()) and none.mask.dtype == p.mask.dtype
+
+
+def test_randommix_elem_draws_fmix_noise_for_its_rows_only(monkeypatch):
+    import mixkit.methods.cutting as cutting
+
+    drawn = []
+    noise = cutting.fourier_noise
+    monkeypatch.setattr(cutting, "fourier_noise", lambda n, *a, **k: drawn.append(n) or noise(n, *a, **k))
+    rm = mixkit.create("randommix", mode="elem", num_classes=4)
+    x, y = torch.rand(40, 3, 16, 16, generator=gen(0)), torch.arange(40) % 4
+    out = rm(x, y, generator=gen(2))
+    k = rm.methods.index("fmix")
+    rows = out.params.choice == k
+    assert drawn == [int(rows.sum())] and 0 < drawn[0] < 40
+    fmix_params = out.params.inner[k]
+    torch.testing.assert_close(out.x[rows], rm._methods[k].apply(x, fmix_params)[rows])
+    torch.testing.assert_close(out.target.lam[rows], fmix_params.mask[rows].double().flatten(1).mean(1).float(),
+                               atol=1e-6, rtol=0)

@@ -248,6 +248,13 @@ class MixMethod:
         return x if stats is None else (x - stats[0]) / stats[1]
 
     # ------------------------------------------------------------------------------ helpers
+    def _sample_rows(self, x: Tensor, y: Tensor | None, rows: Tensor, *, generator: torch.Generator | None = None) -> Params:
+        """Params that need be right only for the samples where ``rows`` ``(B,)`` bool is True
+        (the others may come back unmixed): what a composition that uses this method for some
+        samples asks for. The default is :meth:`sample`; methods whose per-sample draws are
+        costly (FMix's noise) draw them for those samples only."""
+        return self.sample(x, y, generator=generator)
+
     def _active(self, b: int, generator: torch.Generator | None) -> Tensor:
         """``(B,)`` bool: which samples are mixed under ``p`` and ``mode``."""
         if self.mode == "batch":

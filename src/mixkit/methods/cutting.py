@@ -51,6 +51,19 @@ def _mask_rows(active: Tensor, mode: str) -> Tensor:
     return active[:1] if mode == "batch" else active
 
 
+def _active_of(active: Tensor, wanted: Tensor | None) -> Tensor:
+    return active if wanted is None else active & wanted
+
+
+def _all_rows(drawn: Tensor, wanted: Tensor | None, fill: float | bool | int) -> Tensor:
+    """``drawn`` (one row per True of ``wanted``) spread over all rows, ``fill`` elsewhere."""
+    if wanted is None:
+        return drawn
+    out = drawn.new_full((wanted.shape[0],) + tuple(drawn.shape[1:]), fill)
+    out[wanted] = drawn
+    return out
+
+
 @register(
     "cutmix",
     family="cutting",
@@ -279,27 +292,45 @@ class FMix(MixMethod):
             raise DTypeError(f"x must be floating point when max_soft > 0 (soft masks blend), got {x.dtype}")
 
     def sample(self, x: Tensor, y: Tensor | None = None, *, generator: torch.Generator | None = None) -> MaskParams:
+        return self._draw(x, None, generator)
+
+    def _sample_rows(self, x: Tensor, y: Tensor | None, rows: Tensor, *, generator: torch.Generator | None = None) -> MaskParams:
+        """Per-sample mode: noise and masks only for the samples where ``rows`` is True; the
+        others come back unmixed (their partner and lambda are drawn, as in :meth:`sample`)."""
+        if self.mode == "batch" or bool(rows.all()):
+            return self.sample(x, y, generator=generator)
+        if not bool(rows.any()):  # no sample to mix: no draws
+            b = x.shape[0]
+            mask = torch.ones((b, 1) + tuple(x.shape[2:]), dtype=torch.float32 if self.max_soft > 0 else torch.bool)
+            return MaskParams(index=torch.arange(b), lam=torch.ones(b, dtype=torch.float64), mask=mask)
+        return self._draw(x, rows.to(device="cpu", dtype=torch.bool), generator)
+
+    def _draw(self, x: Tensor, wanted: Tensor | None, generator: torch.Generator | None) -> MaskParams:
+        """:meth:`sample`, with noise only for the ``wanted`` rows (all rows if ``None``)."""
         b, spatial = x.shape[0], tuple(x.shape[2:])
         index = rng.randperm(b, generator=generator)
         n = 1 if self.mode == "batch" else b
         a = self.alpha + 1.0 if self.reformulate else self.alpha
         lam = rng.beta((n,), a, self.alpha, generator=generator)
+        drawn = lam if wanted is None else lam[wanted]
         # float32 noise: the reference construction up to rounding, three times faster
         noise = fourier_noise(
-            n, spatial, self.decay_power, generator=generator, dtype=torch.float32, normalise=self.max_soft > 0
+            drawn.shape[0], spatial, self.decay_power, generator=generator, dtype=torch.float32,
+            normalise=self.max_soft > 0,
         )  # only the ranking of a hard mask's pixels matters: no normalisation
         shape = (n,) + (1,) * len(spatial)
         if self.max_soft > 0:
-            mask = binarise_mask(noise, lam, max_soft=self.max_soft, generator=generator)
-            active = self._active(b, generator)
+            mask = _all_rows(binarise_mask(noise, drawn, max_soft=self.max_soft, generator=generator), wanted, 1.0)
+            active = _active_of(self._active(b, generator), wanted)
             rows = _mask_rows(active, self.mode)
             mask = torch.where(rows.view(shape), mask, 1.0).unsqueeze(1).float()
             kept = row_sums64(mask) / mask[0].numel()
         else:  # a hard mask: the top pixels as bool; its mean is known exactly from the counts
             total = noise[0].numel()
-            num = fmix_counts(lam, total, generator=generator)
-            mask = top_count_mask(noise.view(n, total), num).view(noise.shape)
-            active = self._active(b, generator)
+            num = fmix_counts(drawn, total, generator=generator)
+            mask = _all_rows(top_count_mask(noise.view(-1, total), num).view(noise.shape), wanted, True)
+            num = _all_rows(num, wanted, total)
+            active = _active_of(self._active(b, generator), wanted)
             rows = _mask_rows(active, self.mode)
             mask = (mask | ~rows.view(shape)).unsqueeze(1)
             kept = torch.where(rows, num.to(torch.float64) / total, 1.0)

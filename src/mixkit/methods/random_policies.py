@@ -146,7 +146,8 @@ class RandomChoice(MixMethod):
     """Apply one of several methods, drawn per batch or per sample with probabilities ``p``.
 
     Weights summing to less than one leave the rest of the batches (or samples) unmixed.
-    Per-sample mode draws every method's params for the whole batch (no loop over samples),
+    Per-sample mode draws every method's params for the whole batch (no loop over samples;
+    a method's costly per-sample draws, FMix's noise, only for the samples that chose it),
     then runs each method once on the rows that drew it: a method whose rows mix
     independently (Mixup, CutMix, ResizeMix, FMix, SmoothMix, GMix, HMix, GridMix) on those
     rows and their partners alone, any other on the whole batch, keeping those rows (every
@@ -206,7 +207,7 @@ class RandomChoice(MixMethod):
         inner: list[Params | None] = []
         for k, method in enumerate(self._methods):
             rows = choice == k
-            params = method.sample(x, y, generator=generator) if bool(rows.any()) else None
+            params = method._sample_rows(x, y, rows, generator=generator) if bool(rows.any()) else None
             inner.append(params)
             if params is not None:
                 index = torch.where(rows, params.index, index)
