@@ -98,3 +98,19 @@ def test_apply_stays_out_of_place_for_a_tensor_that_requires_grad():
     out = m.apply(feats, params)
     out.sum().backward()
     assert out is not feats and feats.grad is not None
+
+
+@pytest.mark.parametrize("name, mode", [("mixup", "elem"), ("cutmix", "elem"), ("mixup", "batch")])
+def test_a_scratch_result_passed_back_in_is_gathered_elsewhere(name, mode):
+    # gather_rows_scratch's result (valid until its next call) given back to it, or to an
+    # in-place method that gathers into the same buffer: the source is left alone, no aliasing error
+    x = torch.rand(8, 3, 5, 5, generator=gen(7))
+    first, second = torch.randperm(8, generator=gen(8)), torch.randperm(8, generator=gen(9))
+    held = gather_rows_scratch(x, first)
+    again = gather_rows_scratch(held, second)
+    assert torch.equal(again, x[first][second]) and torch.equal(held, x[first])
+    mine = gather_rows_scratch(x, first)
+    ref = mixkit.create(name, mode=mode, num_classes=4)(x[first], torch.arange(8) % 4, generator=gen(3))
+    out = mixkit.create(name, mode=mode, num_classes=4, inplace=True)(mine, torch.arange(8) % 4, generator=gen(3))
+    assert out.x is mine and torch.equal(mine, ref.x)
+    release_scratch()

@@ -118,11 +118,15 @@ def gather_rows_scratch(view: Tensor, index: Tensor) -> Tensor:
     if rows is None:
         rows = _SCRATCH.rows = {}
     last = rows.get(("view", view.dtype))  # the last call's view, reused for the same shape
+    buf = rows.get(view.dtype)
+    if buf is not None and buf.untyped_storage().data_ptr() == view.untyped_storage().data_ptr():
+        # view lives in the buffer itself (an earlier result passed back in): leave it to the
+        # caller and gather into a new buffer
+        buf = last = None
     if last is not None and last[0] == shape:
         out = last[1]
     else:
         numel = math.prod(shape)
-        buf = rows.get(view.dtype)
         if buf is None or buf.numel() < numel:
             buf = rows[view.dtype] = torch.empty(numel, dtype=view.dtype)
         out = buf[:numel].view(shape)
