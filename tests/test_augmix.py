@@ -366,3 +366,19 @@ def test_apply_chains_equals_each_sample_chain_by_hand():
             mix += float(draws.weights[b, i]) * img
         want = float(draws.m[b]) * x[b : b + 1] + (1 - float(draws.m[b])) * mix
         torch.testing.assert_close(out[b : b + 1], want, atol=1e-5, rtol=0)
+
+
+def test_apply_chains_refuses_inputs_or_statistics_that_require_grad():
+    from mixkit.functional.augment_chains import apply_chains, sample_chains
+
+    x = torch.rand(2, 3, 8, 8, generator=gen(3))
+    draws = sample_chains(2, (8, 8), generator=gen(4))
+    mean, std = torch.full((1, 3, 1, 1), 0.5), torch.full((1, 3, 1, 1), 0.25)
+    with pytest.raises(ValueError, match="x requires grad"):
+        apply_chains(x.requires_grad_(), draws)
+    x = x.detach()
+    with pytest.raises(ValueError, match=r"normalization \(mean, std\) requires grad"):
+        apply_chains((x - 0.5) / 0.25, draws, normalization=(mean.requires_grad_(), std))
+    with torch.no_grad():  # fine without autograd: the same values as with plain statistics
+        got = apply_chains((x - 0.5) / 0.25, draws, normalization=(mean, std))
+    assert torch.equal(got, apply_chains((x - 0.5) / 0.25, draws, normalization=(mean.detach(), std)))

@@ -110,6 +110,12 @@ def apply_chains(x: Tensor, draws: ChainDraws, ops: Sequence[str] = AUGMIX_OPS, 
             "apply_chains is not differentiable (its operations run in place and are mostly piecewise "
             "constant), but x requires grad: pass x.detach(), or call it under torch.no_grad()"
         )
+    if torch.is_grad_enabled() and normalization is not None and any(
+            isinstance(t, Tensor) and t.requires_grad for t in normalization):
+        raise ValueError(
+            "apply_chains is not differentiable, but the normalization (mean, std) requires grad: "
+            "pass detached statistics, or call it under torch.no_grad()"
+        )
     b, width, depth = draws.ops.shape
     if b != x.shape[0]:
         raise ShapeError(f"draws are for {b} samples but x has batch size {x.shape[0]}")
