@@ -174,3 +174,19 @@ def test_randommix_elem_draws_fmix_noise_for_its_rows_only(monkeypatch):
     torch.testing.assert_close(out.x[rows], rm._methods[k].apply(x, fmix_params)[rows])
     torch.testing.assert_close(out.target.lam[rows], fmix_params.mask[rows].double().flatten(1).mean(1).float(),
                                atol=1e-6, rtol=0)
+
+
+def test_a_subclass_overriding_sample_is_sampled_through_it_in_a_choice():
+    from dataclasses import replace
+
+    class NoMixFMix(mixkit.FMix):
+        def sample(self, x, y=None, *, generator=None):
+            p = super().sample(x, y, generator=generator)
+            return replace(p, mask=torch.ones_like(p.mask), lam=torch.ones_like(p.lam), index=torch.arange(x.shape[0]))
+
+    rc = mixkit.RandomChoice([NoMixFMix(mode="elem"), "mixup"], mode="elem")
+    x, y = torch.rand(8, 3, 16, 16, generator=gen(0)), torch.arange(8)
+    out = rc(x, y, generator=gen(0))
+    rows = out.params.choice == 0
+    assert 0 < int(rows.sum()) < 8
+    assert bool((out.params.lam[rows] == 1).all()) and torch.equal(out.x[rows], x[rows])

@@ -296,8 +296,10 @@ class FMix(MixMethod):
 
     def _sample_rows(self, x: Tensor, y: Tensor | None, rows: Tensor, *, generator: torch.Generator | None = None) -> MaskParams:
         """Per-sample mode: noise and masks only for the samples where ``rows`` is True; the
-        others come back unmixed (their partner and lambda are drawn, as in :meth:`sample`)."""
-        if self.mode == "batch" or bool(rows.all()):
+        others come back unmixed (partner itself, lambda 1). The permutation and the lambdas
+        are drawn for every sample, as by :meth:`sample` (which a subclass that overrides it
+        gets instead)."""
+        if self.mode == "batch" or bool(rows.all()) or type(self).sample is not FMix.sample:
             return self.sample(x, y, generator=generator)
         if not bool(rows.any()):  # no sample to mix: no draws
             b = x.shape[0]
