@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from mixkit._device import upload
 from mixkit.errors import LabelError
 
 __all__ = [
@@ -93,8 +94,8 @@ class MixTarget:
         dev = labels.device
         b = labels.shape[0]
         own = _arange(b, dev)
-        lam = lam.to(device=dev, dtype=_weight_dtype(labels))
-        idx = torch.stack([own, index.to(dev)], dim=1)
+        lam = upload(lam, dev, _weight_dtype(labels))
+        idx = torch.stack([own, upload(index, dev)], dim=1)
         # [lam, 1 - lam] in one op: [0, 1] + lam * [1, -1] (exact: the products are)
         offset, sign = _pair_constants(lam.dtype, dev)
         weight = torch.addcmul(offset, lam.unsqueeze(1), sign)

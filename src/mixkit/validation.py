@@ -100,7 +100,9 @@ def _label_bounds(y: Tensor) -> tuple[int, int]:
     last = _last_bounds
     if last is not None and last[0]() is y and last[1] == y._version:
         return last[2], last[3]
-    low, high = (int(v) for v in torch.aminmax(y))
+    bounds = torch.aminmax(y)
+    # on a device: one transfer of both bounds (each int() would wait for the device)
+    low, high = (int(v) for v in bounds) if y.device.type == "cpu" else torch.stack(bounds).tolist()
     _last_bounds = (weakref.ref(y), y._version, low, high)
     return low, high
 

@@ -38,6 +38,16 @@ def _autocontrast(x: Tensor, _: Tensor, out: Tensor) -> None:
     torch.sub(x, low, out=out).div_(span)
 
 
+def _level_counts(flat: Tensor, bins: int, *, scatter: bool | None = None) -> Tensor:
+    """``torch.bincount(flat, minlength=bins)`` for indices in ``[0, bins)``; off the CPU (or with
+    ``scatter=True``) as a scatter-add of ones, the same counts: a device's ``bincount`` reads
+    the indices' range back to the host first, which waits for every queued kernel."""
+    if not (flat.device.type != "cpu" if scatter is None else scatter):
+        return torch.bincount(flat, minlength=bins)
+    return torch.zeros(bins, dtype=torch.int64, device=flat.device).index_add_(
+        0, flat, torch.ones((), dtype=torch.int64, device=flat.device).expand(flat.shape[0]))
+
+
 def _equalize(x: Tensor, _: Tensor, out: Tensor) -> None:
     """PIL's ``ImageOps.equalize``, per sample and channel, on uint8 levels.
 
@@ -51,7 +61,7 @@ def _equalize(x: Tensor, _: Tensor, out: Tensor) -> None:
     exact = torch.float32 if h * w < 2**22 else torch.float64
     levels = x.mul_(255.0).add_(0.5).view(n, h * w).to(torch.int32)  # truncation: the floor of these positives
     flat = levels.add_(torch.arange(0, n * 256, 256, dtype=torch.int32, device=x.device).view(n, 1)).view(-1)
-    hist = torch.bincount(flat, minlength=n * 256).view(n, 256).to(exact)
+    hist = _level_counts(flat, n * 256).view(n, 256).to(exact)
     below = hist.cumsum(dim=1) - hist  # pixels strictly darker than each level
     step = torch.where(hist > 0, below, 0.0).amax(dim=1, keepdim=True).div_(255).floor_()  # below the brightest // 255
     lut = below.add_(step.div(2).floor_()).div_(step.clamp_min(1)).floor_().clamp_max_(255)

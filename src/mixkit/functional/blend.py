@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from mixkit._device import upload
 from mixkit.functional import row_paths
 from mixkit.functional.alloc import fresh, fresh_like, is_large
 from mixkit.functional.layout import (  # also re-exported here
@@ -40,7 +41,7 @@ def gather_rows(x: Tensor, index: Tensor) -> Tensor:
 def take_rows(x: Tensor, index: Tensor) -> Tensor:
     """``x.index_select(0, index)``; a contiguous ``x`` is gathered as ``(B, -1)`` rows, which
     is a plain copy per row (the N-d kernel computes offsets per element and allocates)."""
-    index = index.to(x.device)
+    index = upload(index, x.device)
     if x.ndim > 2 and x.is_contiguous():
         rows = x.view(x.shape[0], math.prod(x.shape[1:]))  # (not -1: an empty batch has no row size)
         n = index.shape[0]
@@ -276,7 +277,7 @@ def _select(x: Tensor, partner: Tensor, mask: Tensor, *, into: bool = False) -> 
     broadcast there defeats vectorisation. Integer inputs (bool masks) use ``torch.where``.
     ``into=True`` says ``partner`` is a temporary of the caller's that may hold the result.
     """
-    mask = mask.to(x.device)
+    mask = upload(mask, x.device)
     if mask.dtype == torch.bool and not x.is_floating_point():
         return torch.where(mask, x, partner)
     weight = mask.to(x.dtype)

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from mixkit._device import upload
 from mixkit._moved import moved_names
 from mixkit.functional import row_paths
 from mixkit.functional.alloc import fresh_copy, fresh_like
@@ -70,7 +71,7 @@ def box_weight(
     """
     d = len(shape) - 2
     n, c, spatial = boxes.shape[0], shape[1], tuple(shape[2:])
-    boxes = boxes.to(device)
+    boxes = upload(boxes, device)
     out = None
     for k, size in enumerate(spatial):
         pos = torch.arange(size, device=boxes.device)
@@ -156,7 +157,7 @@ def _paste_setup(x: Tensor, index: Tensor, boxes: Tensor) -> tuple[tuple[int, ..
     batch's one box (``None`` for a box per sample)."""
     order = memory_order(x)
     spans = _spans(boxes.tolist()[0], x.ndim - 2, order) if boxes.shape[0] == 1 else None
-    return order, to_memory(x, order), index.to(x.device), spans
+    return order, to_memory(x, order), upload(index, x.device), spans
 
 
 def paste_boxes(x: Tensor, index: Tensor, boxes: Tensor) -> Tensor:

@@ -62,7 +62,7 @@ def _multiplicative(img1: Tensor, img2: Tensor, a: Tensor, b: Tensor, *, in_plac
     scratch (both gathered copies the caller owns)."""
     power = torch.log2(img1, out=img1 if in_place else None).mul_(a)
     zero = a == 0
-    if bool(zero.any()):
+    if a.device.type != "cpu" or bool(zero.any()):  # (on a device: no wait for the test)
         power.masked_fill_(zero, 0.0)
     floor = img2.clamp_min_(5e-38) if in_place else img2.clamp_min(5e-38)
     power.addcmul_(torch.log2(floor, out=floor if in_place else None), b)

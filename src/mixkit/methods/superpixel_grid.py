@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from mixkit import rng
+from mixkit._device import upload
 from mixkit.base import MixMethod
 from mixkit.errors import HyperParameterError, ShapeError
 from mixkit.functional.blend import mask_blend, match_format
@@ -113,12 +114,13 @@ class _SuperpixelGrid(MixMethod):
     def _segments(self, x: Tensor, rows: Tensor) -> Tensor:
         """``(B, H, W)`` SLIC labels of the images in ``rows`` (0 elsewhere)."""
         b, _, h, w = x.shape
-        rows = rows.to(x.device)
+        rows = rows.cpu()  # tested on the host: no wait for a device
         if bool(rows.all()):
             return self._slic(x)
         segments = torch.zeros(b, h, w, dtype=torch.long, device=x.device)
         if bool(rows.any()):
-            segments[rows] = self._slic(x[rows])
+            picked = upload(rows.nonzero().flatten(), x.device)
+            segments.index_copy_(0, picked, self._slic(x.index_select(0, picked)))
         return segments
 
     def _slic(self, x: Tensor) -> Tensor:
@@ -205,7 +207,7 @@ class SuperpixelGridCut(_LabelPreserving):
 
     def _mix(self, x: Tensor, params: MaskParams) -> Tensor:
         mask = params.mask.to(x.device)
-        if bool(mask.all()):
+        if mask.device.type == "cpu" and bool(mask.all()):  # (on a device: no wait for the test)
             return x.clone()
         black = torch.zeros((1, x.shape[1], 1, 1), dtype=x.dtype, device=x.device)
         if x.is_floating_point():
@@ -257,7 +259,7 @@ class SuperpixelGridMean(_LabelPreserving):
 
     def _mix(self, x: Tensor, params: SuperpixelParams) -> Tensor:
         mask = params.mask.to(x.device)
-        if bool(mask.all()):
+        if mask.device.type == "cpu" and bool(mask.all()):  # (on a device: no wait for the test)
             return x.clone()
         if params.segments.shape != (x.shape[0],) + tuple(x.shape[2:]):
             raise ShapeError(f"segments of shape {tuple(params.segments.shape)} do not fit x of shape {tuple(x.shape)}")
