@@ -1,9 +1,12 @@
-"""Params reach the data's device without making the host wait (checked on the CPU: the
-device-only branches are the same arithmetic)."""
+"""Params reach the data's device without making the host wait. Without a GPU here, the
+``meta`` device stands in for one: its tensors have shapes but no data, so a copy of a CPU
+param to it takes the same code path as a copy to a GPU."""
 
 from __future__ import annotations
 
+import pytest
 import torch
+from torch.overrides import TorchFunctionMode
 
 import mixkit
 from conftest import gen
@@ -11,26 +14,29 @@ from mixkit._device import upload
 from mixkit.functional.augment_values import _level_counts
 
 
-class _Recorded(torch.Tensor):
-    """A tensor that records the ``non_blocking`` flag of each ``.to`` call."""
+class _Copies(TorchFunctionMode):
+    """Records ``(from, to, non_blocking)`` of every ``Tensor.to`` that changes the device."""
 
-    seen: list = []
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple[str, str, bool]] = []
 
-    @classmethod
-    def __torch_function__(cls, func, types, args=(), kwargs=None):
-        if func is torch.Tensor.to:
-            cls.seen.append((kwargs or {}).get("non_blocking"))
-        return super().__torch_function__(func, types, args, kwargs or {})
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if func is torch.Tensor.to and isinstance(out, torch.Tensor) and out.device != args[0].device:
+            self.seen.append((args[0].device.type, out.device.type, bool(kwargs.get("non_blocking", False))))
+        return out
 
 
 def test_upload_is_asynchronous_from_the_cpu_only():
     t = torch.arange(4)
-    assert upload(t, "cpu") is t  # nothing to do: the tensor itself
-    assert torch.equal(upload(t, "cpu", torch.float64), t.double()) and upload(t, "cpu", torch.float64).dtype == torch.float64
-    _Recorded.seen = []
-    upload(torch.zeros(3).as_subclass(_Recorded), "cpu")
-    upload(torch.zeros(3, device="meta").as_subclass(_Recorded), "meta")  # a device tensor: a blocking copy
-    assert _Recorded.seen == [True, False]
+    cpu, meta = torch.device("cpu"), torch.device("meta")
+    assert upload(t, cpu) is t  # nothing to do: the tensor itself
+    assert upload(t, cpu, torch.float64).dtype == torch.float64 and torch.equal(upload(t, cpu, torch.float64), t.double())
+    with _Copies() as copies:
+        assert upload(t, meta).device == meta and upload(t, meta, torch.float32).dtype == torch.float32
+    assert copies.seen == [("cpu", "meta", True)] * 2
 
 
 def test_level_counts_by_scatter_equal_bincount():
@@ -42,23 +48,26 @@ def test_level_counts_by_scatter_equal_bincount():
     assert torch.equal(_level_counts(flat, 768), torch.bincount(flat, minlength=768))  # the CPU's default
 
 
-def test_mixing_draws_move_their_params_without_blocking():
-    # Mixup's partner index and the target's weights go through upload (non_blocking from the CPU)
-    calls = []
+def _input_space_methods() -> list[tuple[str, str]]:
+    out = []
+    for name in mixkit.list_methods():
+        info = mixkit.method_info(name)
+        if info.family != "label" and "model" not in info.needs:
+            out += [(name, mode) for mode in (("batch", "elem") if "mode" in info.defaults else ("batch",))]
+    return out
 
-    class Spy(torch.Tensor):
-        @classmethod
-        def __torch_function__(cls, func, types, args=(), kwargs=None):
-            if func is torch.Tensor.to and kwargs and "non_blocking" in kwargs:
-                calls.append(kwargs["non_blocking"])
-            return super().__torch_function__(func, types, args, kwargs or {})
 
-    x, y = torch.rand(4, 3, 8, 8, generator=gen(1)), torch.arange(4)
-    for name in ("mixup", "cutmix"):
-        m = mixkit.create(name, num_classes=4)
-        p = m.sample(x, y, generator=gen(2))
-        params = type(p)(**{**{f: getattr(p, f) for f in p.__dataclass_fields__},
-                            "index": p.index.as_subclass(Spy)})
-        m.apply(x, params)
-        mixkit.MixTarget.pair(y, p.index.as_subclass(Spy), p.lam.as_subclass(Spy))
-    assert calls and all(calls)
+@pytest.mark.parametrize("name, mode", _input_space_methods())
+def test_mixing_moves_its_cpu_params_without_blocking(name, mode):
+    x, y = torch.rand(8, 3, 16, 16, generator=gen(1)), torch.arange(8)
+    options = {"mode": mode} if "mode" in mixkit.method_info(name).defaults else {}
+    m = mixkit.create(name, num_classes=8, **options)
+    params = m.sample(x, y, generator=gen(2))
+    on_device, labels = x.to("meta"), y.to("meta")
+    with _Copies() as copies:
+        out = m.apply(on_device, params)
+        # RecursiveMix's target drops the history's unused sources: a data-dependent size
+        target = m.target(labels, params) if name != "recursivemix" else None
+    assert out.device.type == "meta" and out.shape == x.shape
+    assert target is None or (target.weight.device.type == "meta" and target.index.device.type == "meta")
+    assert all(c[:2] == ("cpu", "meta") and c[2] for c in copies.seen), copies.seen

@@ -16,7 +16,9 @@ from torch import Tensor
 __all__ = ["upload"]
 
 
-def upload(t: Tensor, device: torch.device | str, dtype: torch.dtype | None = None) -> Tensor:
+def upload(t: Tensor, device: torch.device, dtype: torch.dtype | None = None) -> Tensor:
     """``t.to(device, dtype)``, without a host synchronisation when ``t`` is on the CPU (``t``
     itself when nothing changes)."""
-    return t.to(device=device, dtype=dtype, non_blocking=t.device.type == "cpu")
+    if t.device == device and (dtype is None or t.dtype == dtype):
+        return t
+    return t.to(device=device, dtype=dtype, non_blocking=t.is_cpu)

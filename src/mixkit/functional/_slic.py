@@ -25,6 +25,7 @@ import threading
 
 import torch
 from torch import Tensor
+from mixkit._device import upload
 
 #: sRGB (D65) to XYZ, and the D65 white point (the matrix and white scikit-image uses).
 RGB_TO_XYZ = ((0.412453, 0.357580, 0.180423), (0.212671, 0.715160, 0.072169), (0.019334, 0.119193, 0.950227))
@@ -174,7 +175,7 @@ class Layout:
         oy, ox = (r * self.bh - self.top).float(), (c * self.bw - self.left).float()
         self.origin = torch.stack(torch.broadcast_tensors(oy, ox)).view(2, 1, self.ry, self.rx, 1, 1)
         py, px = torch.meshgrid(torch.arange(self.bh), torch.arange(self.bw), indexing="ij")
-        self.local = torch.stack([py, px]).view(2, -1, 1).float().to(device)  # (2, P, 1): offsets in a block
+        self.local = upload(torch.stack([py, px]).view(2, -1, 1).float(), device)  # (2, P, 1): offsets in a block
         ys = oy.view(-1, 1, 1) + self.local[0, :, 0]
         xs = ox.view(1, -1, 1) + self.local[1, :, 0]
         ys, xs = torch.broadcast_tensors(ys, xs)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from mixkit._device import upload
 from mixkit import rng
 from mixkit.errors import HyperParameterError, ShapeError
 from mixkit.functional.alloc import fresh_like
@@ -176,7 +177,7 @@ def _mixture(x: Tensor, draws: ChainDraws, ops: tuple[str, ...], dtype: torch.dt
     else:
         mean, std = normalization
         torch.mul(x, std, out=images[:b]).add_(mean)  # pixels = x * std + mean, written contiguous
-    out = images[:b] * draws.m.to(device=x.device, dtype=dtype).view(-1, 1, 1, 1)
+    out = images[:b] * upload(draws.m, x.device, dtype).view(-1, 1, 1, 1)
     images[:b].clamp_(0.0, 1.0)
     latest = torch.arange(b * width) // width  # row of ``images`` holding each chain's latest image
     end = b
@@ -189,7 +190,7 @@ def _mixture(x: Tensor, draws: ChainDraws, ops: tuple[str, ...], dtype: torch.dt
             order = run_kernels(images, latest[live], op_index[live], magnitude, ops, images[end : end + n])
             latest[live[order]] = torch.arange(end, end + n)
             end += n
-    coef = ((1.0 - draws.m.unsqueeze(1)) * draws.weights).to(device=x.device, dtype=dtype)  # (B, width)
+    coef = upload(((1.0 - draws.m.unsqueeze(1)) * draws.weights), x.device, dtype)  # (B, width)
     for i in range(width):
         out.addcmul_(take_rows(images, latest[i::width]), coef[:, i].view(-1, 1, 1, 1))
     if normalization is not None:

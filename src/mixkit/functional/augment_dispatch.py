@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from mixkit._device import upload
 from mixkit.functional.alloc import fresh
 from mixkit.functional.augment_geometry import (
     GEOMETRIC_OPS,
@@ -118,7 +119,7 @@ def run_kernels(x: Tensor, source: Tensor, op_index: Tensor, magnitude: Tensor, 
     """
     mags = _numpy(magnitude)
     order, groups = _sort(_numpy(op_index), mags, ops)
-    rows = torch.from_numpy(_numpy(source)[order]).to(x.device)
+    rows = upload(torch.from_numpy(_numpy(source)[order]), x.device)
     mag = magnitude[order] if magnitude.dtype == torch.bfloat16 else torch.from_numpy(mags[order])
     per_row, h, w = math.prod(x.shape[1:]), x.shape[2], x.shape[3]
     flat = x.view(x.shape[0], per_row)

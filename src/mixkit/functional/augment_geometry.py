@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from mixkit._device import upload
 
 __all__ = ["GEOMETRIC_OPS", "affine_matrices", "translate", "warp"]
 
@@ -72,7 +73,7 @@ def warp(x: Tensor, matrices: Tensor) -> Tensor:
     """
     n, _, h, w = x.shape
     xs, ys, to_grid = _grid_terms(h, w, x.dtype, x.device)
-    a, b, c = matrices.to(device=x.device, dtype=x.dtype).view(n, 2, 3, 1, 1).unbind(2)
+    a, b, c = upload(matrices, x.device, x.dtype).view(n, 2, 3, 1, 1).unbind(2)
     planar = torch.add(a * xs, b * ys + c)  # (N, 2, H, W): the source points (sx, sy), in pixels
     sx, sy = planar.unbind(1)
     low = torch.minimum(sx, sy).lt_(0.0)

@@ -17,12 +17,13 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from mixkit._device import upload
 
 __all__ = ["VALUE_OPS"]
 
 
 def _col(v: Tensor, x: Tensor) -> Tensor:
-    return v.to(device=x.device, dtype=x.dtype).view(-1, 1, 1, 1)
+    return upload(v, x.device, x.dtype).view(-1, 1, 1, 1)
 
 
 def _autocontrast(x: Tensor, _: Tensor, out: Tensor) -> None:

@@ -59,7 +59,7 @@ def select_rows(rows: Tensor, a: Tensor, b: Tensor) -> Tensor:
     Floating-point tensors go through a ``lerp`` with a 0/1 weight per row (exact for finite
     values, and several times faster than ``torch.where``); others through ``torch.where``.
     """
-    rows = rows.to(a.device).view((-1,) + (1,) * (a.ndim - 1))
+    rows = upload(rows, a.device).view((-1,) + (1,) * (a.ndim - 1))
     if a.is_floating_point() and a.dtype == b.dtype:
         return torch.lerp(b, a, rows.to(a.dtype))
     return torch.where(rows, a, b)
@@ -104,9 +104,9 @@ def blend(x: Tensor, index: Tensor, lam: Tensor | float, *, check_uniform: bool 
     value = uniform_value(lam) if (check_uniform or not isinstance(lam, Tensor)) and not lam_grad else None
     if torch.is_grad_enabled() and x.requires_grad and not lam_grad:
         if value is not None:
-            return _ScalarBlend.apply(x, index.to(x.device), value)
+            return _ScalarBlend.apply(x, upload(index, x.device), value)
         assert isinstance(lam, Tensor)
-        return _RowBlend.apply(x, index.to(x.device), lam.to(x.device))
+        return _RowBlend.apply(x, upload(index, x.device), upload(lam, x.device))
     # below, autograd sees x only together with a learned lambda (lam_grad); otherwise the
     # gathered partners, a temporary, hold the result
     plan = row_paths.row_plan(view.shape[0], index, lam if value is None else value) if not lam_grad and row_paths.row_wise(view) else None
@@ -121,7 +121,7 @@ def blend(x: Tensor, index: Tensor, lam: Tensor | float, *, check_uniform: bool 
         assert isinstance(lam, Tensor)
         work = view.float() if x.dtype in _HALF else view
         shape = (lam.shape[0],) + (1,) * (x.ndim - 1)
-        w = lam.to(device=x.device, dtype=work.dtype).view(shape)
+        w = upload(lam, x.device, work.dtype).view(shape)
         partner = take_rows(work, index)
         out = (torch.lerp(partner, work, w) if lam_grad else partner.lerp_(work, w)).to(x.dtype)
     return match_format(from_memory(out, order), x)
@@ -208,7 +208,7 @@ def blend_(x: Tensor, index: Tensor, lam: Tensor | float) -> Tensor:
         _blend_half_rows(view, index, lam, partners=partners, out=view)
     else:
         assert isinstance(lam, Tensor)
-        w = lam.to(device=x.device, dtype=x.dtype).view((lam.shape[0],) + (1,) * (x.ndim - 1))
+        w = upload(lam, x.device, x.dtype).view((lam.shape[0],) + (1,) * (x.ndim - 1))
         torch.lerp(partners, view, w, out=view)
     return x
 
@@ -231,8 +231,8 @@ def bc_plus_blend(x: Tensor, index: Tensor, ratio: Tensor) -> Tensor:
     work = torch.promote_types(x.dtype, torch.float32)
     order = memory_order(x)
     g = to_memory(x, order).reshape(x.shape[0], math.prod(x.shape[1:])).to(work).std(dim=1, correction=0)
-    g1, g2 = g, g.index_select(0, index.to(x.device))
-    r = ratio.to(device=x.device, dtype=work)
+    g1, g2 = g, g.index_select(0, upload(index, x.device))
+    r = upload(ratio, x.device, work)
     num, den = r * g2, r * g2 + (1 - r) * g1
     # p = r g2 / (r g2 + (1 - r) g1), the paper's formula times r g2 / r g2: finite at r = 0;
     # two constant images (g1 = g2 = 0) fall back to p = r.

@@ -42,7 +42,7 @@ __all__ = ["sample_cut_boxes", "box_fraction", "one_box_fraction", "box_mask", "
 def box_mask(boxes: Tensor, spatial: Sequence[int], device: torch.device | str | None = None) -> Tensor:
     """``(N, 1, *spatial)`` bool, True inside each box."""
     d = len(spatial)
-    boxes = boxes.to(device)
+    boxes = upload(boxes, device)
     inside = None
     for k, size in enumerate(spatial):
         pos = torch.arange(size, device=boxes.device)

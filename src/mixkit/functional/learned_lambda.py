@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mixkit._device import upload
 from mixkit import rng
 from mixkit.functional.blend import match_format
 
@@ -50,8 +51,8 @@ def lerp_blend(x: Tensor, index: Tensor, lam: Tensor) -> Tensor:
         ([7.0, 8.0], None, [-4.0, 4.0])
     """
     work = x.float() if x.dtype in _HALF else x
-    partner = work.index_select(0, index.to(x.device))
-    weight = lam.to(device=x.device, dtype=work.dtype).view((lam.shape[0],) + (1,) * (x.ndim - 1))
+    partner = work.index_select(0, upload(index, x.device))
+    weight = upload(lam, x.device, work.dtype).view((lam.shape[0],) + (1,) * (x.ndim - 1))
     out = torch.lerp(partner, work, weight)  # exact at lam = 0 and lam = 1
     return match_format(out.to(x.dtype), x)
 

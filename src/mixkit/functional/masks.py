@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mixkit._device import upload
 from mixkit import rng
 from mixkit.errors import ModelError, ShapeError
 from mixkit.functional import row_paths
@@ -190,7 +191,7 @@ def hybrid_blend(x: Tensor, index: Tensor, boxes: Tensor, outside: Tensor) -> Te
         outside: ``(B,)`` weight of ``x`` outside the box (the Mixup part).
     """
     d = x.ndim - 2
-    index = index.to(x.device)
+    index = upload(index, x.device)
     order = memory_order(x)
     view = to_memory(x, order)
     if boxes.shape[0] == 1:
@@ -207,7 +208,7 @@ def hybrid_blend(x: Tensor, index: Tensor, boxes: Tensor, outside: Tensor) -> Te
     work = torch.float32 if x.dtype in _HALF else x.dtype
     # 1 - inside (exact: 0 or 1), times the Mixup weight, in the one new tensor box_weight made
     weight = box_weight(boxes, x.shape, work, order, x.device).neg_().add_(1.0)
-    weight.mul_(outside.to(device=x.device, dtype=work).view((-1,) + (1,) * (x.ndim - 1)))
+    weight.mul_(upload(outside, x.device, work).view((-1,) + (1,) * (x.ndim - 1)))
     partner = take_rows(view, index).to(work)
     out = _lerp_into(partner, view.to(work), weight)
     return match_format(from_memory(out.to(x.dtype), order), x)
@@ -257,7 +258,7 @@ def stack_pair(x: Tensor, index: Tensor, axis: Tensor) -> Tensor:
         axis: ``(B,)`` int64 spatial axis (0 for the first) of each sample, -1: left as is.
     """
     work = x.to(torch.float32) if (not x.is_floating_point() or x.dtype in _HALF) else x
-    index = index.to(x.device)
+    index = upload(index, x.device)
     first = int(axis[0])
     if (work is x and first >= 0 and x.shape[2 + first] % 2 == 0 and bool((axis == first).all())
             and not (torch.is_grad_enabled() and x.requires_grad)):
@@ -328,7 +329,7 @@ def grid_cross_entropy(logits: Tensor, y: Tensor, index: Tensor, cells: Tensor) 
     if tuple(cells.shape[1:]) != tuple(logits.shape[2:]) or cells.shape[0] not in (1, logits.shape[0]):
         raise ShapeError(f"cells of shape {tuple(cells.shape)} do not fit logits of shape {tuple(logits.shape)}")
     dev = logits.device
-    cells, index, y = cells.to(dev), index.to(dev), y.to(dev)
+    cells, index, y = upload(cells, dev), upload(index, dev), upload(y, dev)
     if y.ndim == 1:
         own, other = y.view(-1, 1, 1), y.index_select(0, index).view(-1, 1, 1)
         return F.cross_entropy(logits, torch.where(cells, own, other))

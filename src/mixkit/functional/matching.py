@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from mixkit._device import upload
 from mixkit.functional.alloc import fresh
 from mixkit.functional.blend import memory_order, to_memory
 
@@ -133,7 +134,7 @@ def match_clouds(x: Tensor, order: Tensor, partner: Tensor, k: int) -> Tensor:
             continue
         rows = order[start : start + size * count].view(count, size)
         cols = partner[start : start + size * count].view(count, size)
-        r, q = rows.reshape(-1).to(x.device), cols.reshape(-1).to(x.device)
+        r, q = upload(rows.reshape(-1), x.device), upload(cols.reshape(-1), x.device)
         # the clouds' rows, in pooled blocks for large batches (see mixkit.functional.alloc)
         a = torch.index_select(flat, 0, r, out=fresh((r.shape[0], flat.shape[1]), flat.dtype, flat.device))
         c = torch.index_select(flat, 0, q, out=fresh((q.shape[0], flat.shape[1]), flat.dtype, flat.device))

@@ -28,6 +28,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from mixkit._device import upload
 from mixkit import rng
 from mixkit.functional.blend import gather_rows, mask_blend, select_by_mask
 from mixkit.functional.masks import row_sums64
@@ -263,9 +264,9 @@ def shifted_mask_mix(
     partner = gather_rows(x, index)
     b, c, h, w = x.shape
     if rows is not None:
-        rows = rows.to(x.device).view(-1, 1, h, 1).expand(b, c, h, w)
+        rows = upload(rows, x.device).view(-1, 1, h, 1).expand(b, c, h, w)
         partner = partner.gather(2, rows)
     if cols is not None:
-        cols = cols.to(x.device).view(-1, 1, 1, w).expand(b, c, h, w)
+        cols = upload(cols, x.device).view(-1, 1, 1, w).expand(b, c, h, w)
         partner = partner.gather(3, cols)
     return select_by_mask(x, partner, mask)

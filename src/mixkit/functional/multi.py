@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from mixkit._device import upload
 from mixkit import rng
 from mixkit.errors import ShapeError
 from mixkit.functional.alloc import fresh_copy, fresh_like
@@ -134,7 +135,7 @@ def tile_quadrants(x: Tensor, sources: Tensor, centre: Tensor, offsets: Tensor) 
     """
     spatial = tuple(x.shape[2:])
     cells = quadrant_cells(centre, spatial)
-    sources = sources.to(x.device)
+    sources = upload(sources, x.device)
     if centre.shape[0] == 1:
         order = memory_order(x)
         view = to_memory(x, order)
@@ -153,12 +154,12 @@ def tile_quadrants(x: Tensor, sources: Tensor, centre: Tensor, offsets: Tensor) 
         return out
     dev = x.device
     h, w = spatial
-    shift = offsets.to(dev) - cells[..., :2].to(dev)  # (B, 4, 2) source corner - destination corner
+    shift = upload(offsets, dev) - upload(cells[..., :2], dev)  # (B, 4, 2) source corner - destination corner
     start = sources * (h * w) + shift[..., 0] * w + shift[..., 1]  # (B, 4) flat offset of each cell
-    right = torch.arange(w, device=dev) >= centre[:, 1:].to(dev)  # (B, W)
+    right = torch.arange(w, device=dev) >= upload(centre[:, 1:], dev)  # (B, W)
     top = torch.where(right, start[:, 1:2], start[:, 0:1])
     bottom = torch.where(right, start[:, 3:4], start[:, 2:3])
-    below = (torch.arange(h, device=dev) >= centre[:, :1].to(dev)).unsqueeze(2)  # (B, H, 1)
+    below = (torch.arange(h, device=dev) >= upload(centre[:, :1], dev)).unsqueeze(2)  # (B, H, 1)
     flat = torch.where(below, bottom.unsqueeze(1), top.unsqueeze(1))
     flat += torch.arange(h * w, device=dev).view(h, w)
     return _gather_pixels(x, flat.view(-1))
@@ -307,7 +308,7 @@ def paste_nested(x: Tensor, sources: Tensor, boxes: Tensor) -> Tensor:
         boxes: ``(N, K - 1, 2 * d)`` int64 boxes, N in {1, B}.
     """
     d = x.ndim - 2
-    sources = sources.to(x.device)
+    sources = upload(sources, x.device)
     if boxes.shape[0] == 1:
         order = memory_order(x)
         view = to_memory(x, order)
@@ -387,8 +388,8 @@ def paste_thumbnails(x: Tensor, index: Tensor, boxes: Tensor) -> Tensor:
     if boxes.shape[0] == 1:
         out[(slice(None), slice(None)) + tuple(slice(a, a + s) for a, s in zip(boxes[0, :d].tolist(), size))] = thumbs
         return out
-    rows = full.nonzero().squeeze(1).to(x.device)
-    starts = boxes[full, :d].to(x.device)
+    rows = upload(full.nonzero().squeeze(1), x.device)
+    starts = upload(boxes[full, :d], x.device)
     grids = tuple(
         starts[:, i].view((-1,) + (1,) * d)
         + torch.arange(s, device=x.device).view((1,) * (i + 1) + (s,) + (1,) * (d - i - 1))

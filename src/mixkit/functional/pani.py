@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mixkit._device import upload
 from mixkit.functional.blend import match_format
 
 __all__ = [
@@ -110,7 +111,7 @@ def nearest_patches(x: Tensor, peers: Tensor, patch_size: int, k: int, *, metric
         query = torch.cat([u, u.new_ones(b, n, 1)], dim=2)  # [q, 1]
         keys = torch.cat([-2.0 * u, u.square().sum(-1, keepdim=True)], dim=2)  # [-2 k, |k|^2]
         del u
-        peers = peers.to(x.device)
+        peers = upload(peers, x.device)
         m = peers.shape[1]
         step = max(1, _BLOCK // max(1, m * n * max(n, d + 1)))
         parts = []
@@ -138,12 +139,12 @@ def interpolate_patches(x: Tensor, neighbours: Tensor, lam: Tensor, patch_size: 
     u = to_patches(x, patch_size)
     b, n, d = u.shape
     flat = u.reshape(b * n, d)
-    nb = neighbours.to(x.device)
+    nb = upload(neighbours, x.device)
     acc = torch.zeros_like(u)
     for j in range(nb.shape[2]):  # K gathers of one batch each: no (B, P, K, D) tensor
         acc += flat.index_select(0, nb[:, :, j].reshape(-1)).view(b, n, d)
     mean = acc / nb.shape[2]
-    mixed = torch.lerp(mean, u, lam.to(device=x.device, dtype=u.dtype).view(b, 1, 1))
+    mixed = torch.lerp(mean, u, upload(lam, x.device, u.dtype).view(b, 1, 1))
     return match_format(from_patches(mixed, tuple(x.shape), patch_size).to(x.dtype), x)
 
 

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mixkit._device import upload
 from mixkit.errors import ShapeError
 from mixkit.functional.fractals import fractal_images
 
@@ -90,6 +91,6 @@ def _crop(pics: Tensor, index: Tensor, offsets: Tensor, hw: tuple[int, int]) -> 
     (no copy of the whole pictures first)."""
     (hp, wp), (h, w) = pics.shape[-2:], hw
     slack = torch.tensor([hp - h + 1, wp - w + 1], dtype=torch.float64)
-    start = (offsets * slack).long().to(pics.device)
+    start = upload((offsets * slack).long(), pics.device)
     windows = pics.unfold(2, h, 1).unfold(3, w, 1)  # (P, C, Hp - h + 1, Wp - w + 1, h, w), a view
-    return windows[index.to(pics.device), :, start[:, 0], start[:, 1]]
+    return windows[upload(index, pics.device), :, start[:, 0], start[:, 1]]

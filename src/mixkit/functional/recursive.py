@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mixkit._device import upload
 from mixkit.errors import ShapeError
 from mixkit.functional import row_paths
 from mixkit.functional.alloc import fresh_copy
@@ -82,7 +83,7 @@ def _paste_each(x: Tensor, history: Tensor, boxes: Tensor, mode: str) -> Tensor:
         out = _paste_rows(x, history, boxes)
         if out is not None:  # large samples: no gather of every pixel, no batch-sized temporaries
             return out
-    boxes = boxes.to(x.device)
+    boxes = upload(boxes, x.device)
     rows = _source_coords(boxes[:, 0], boxes[:, 2], h, mode)
     cols = _source_coords(boxes[:, 1], boxes[:, 3], w, mode)
     if mode == "nearest":  # one flat gather: (B, C, H * W) from (B, C, H * W)
@@ -114,7 +115,7 @@ def paste_history(x: Tensor, history: Tensor, boxes: Tensor, interpolation: str 
     """
     if history.shape != x.shape:
         raise ShapeError(f"history of shape {tuple(history.shape)} does not fit x of shape {tuple(x.shape)}")
-    history = history.to(x.device)
+    history = upload(history, x.device)
     if boxes.shape[0] != 1:
         return _paste_each(x, history, boxes, interpolation)
     top, left, bottom, right = boxes[0].tolist()
@@ -214,7 +215,7 @@ def extend_target(
     else:
         h = history.to(dev)
         labels, h_index, h_weight = torch.cat([y, h.labels.to(y.dtype)]), h.index + b, h.weight.to(dtype)
-    lam = lam.to(device=dev, dtype=dtype).unsqueeze(1)
+    lam = upload(lam, dev, dtype).unsqueeze(1)
     index = torch.cat([own, h_index], dim=1)
     weight = torch.cat([lam, (1 - lam) * h_weight], dim=1)
     return MixTarget(*_compact(labels, index, weight, max_sources), num_classes)

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mixkit._device import upload
 from mixkit.functional.alloc import fresh_copy
 from mixkit.functional.blend import (
     from_memory,
@@ -51,7 +52,7 @@ def paste_resized(x: Tensor, index: Tensor, boxes: Tensor) -> Tensor:
     batched call (equal up to rounding).
     """
     d = x.ndim - 2
-    index = index.to(x.device)
+    index = upload(index, x.device)
     work = _work_dtype(x)
     if boxes.shape[0] == 1:
         spans = _spans(boxes[0], d)
@@ -115,7 +116,7 @@ def _shrink(x: Tensor, sides: Sequence[int], work: torch.dtype) -> Tensor:
 def _resize_grid(boxes: Tensor, spatial: Sequence[int], work: torch.dtype, device: torch.device) -> Tensor:
     """``(B, *spatial, d)`` grid_sample coordinates: each box's pixels read its whole source."""
     d = len(spatial)
-    boxes = boxes.to(device=device)
+    boxes = upload(boxes, device)
     coords = []  # per dim: (B, size) normalised source coordinates for grid_sample
     for k, size in enumerate(spatial):
         start = boxes[:, k : k + 1].to(work)

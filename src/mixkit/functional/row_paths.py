@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from mixkit._device import upload
 from mixkit.functional.alloc import fresh, fresh_like
 
 Span = tuple[int, int, int]  # (dim, start, length) of a box along one dim of a tensor
@@ -109,7 +110,7 @@ def select_rows(view: Tensor, partners: list[int], mask: Tensor) -> Tensor:
     """``mask * view[b] + (1 - mask) * view[partners[b]]`` per row (the batched form is
     ``blend._select``: a ``lerp``, or ``torch.where`` for integer rows and a bool mask), one
     kernel per row into a fresh tensor; the same kernels and weights, so the same values."""
-    mask = mask.to(view.device)
+    mask = upload(mask, view.device)
     out = fresh(tuple(view.shape), view.dtype, view.device)
     rows, outs = view.unbind(0), out.unbind(0)
     if mask.dtype == torch.bool and not view.is_floating_point():

@@ -15,6 +15,7 @@ import threading
 import torch
 from torch import Tensor
 
+from mixkit._device import upload
 from mixkit.functional.alloc import fresh
 
 __all__ = ["gather_rows_scratch", "release_blend_scratch"]
@@ -48,13 +49,13 @@ def _blend_half_rows(view: Tensor, index: Tensor, lam: Tensor, *, partners: Tens
         # convert once, gather the partners from the float32 copy, blend, round once
         own, part = _whole_scratch(b * rn)
         own = own.view(b, rn).copy_(flat)
-        part = torch.index_select(own, 0, index.to(view.device), out=part.view(b, rn))
+        part = torch.index_select(own, 0, upload(index, view.device), out=part.view(b, rn))
         w = lam.to(dtype=torch.float32).view(b, 1)
         return part.lerp_(own, w).to(view.dtype).view(view.shape)
     rows = max(1, _HALF_CHUNK // max(1, rn))
     out = fresh(tuple(flat.shape), flat.dtype, flat.device) if out is None else out.view(b, rn)
-    index = index.to(view.device)
-    w = lam.to(device=view.device, dtype=torch.float32).view(b, 1)
+    index = upload(index, view.device)
+    w = upload(lam, view.device, torch.float32).view(b, 1)
     src = None if partners is None else partners.reshape(b, rn)
     if view.device.type != "cpu":
         for s in range(0, b, rows):
@@ -110,7 +111,7 @@ def gather_rows_scratch(view: Tensor, index: Tensor) -> Tensor:
     :func:`mixkit.functional.release_scratch`.
     """
     if view.device.type != "cpu":
-        return view.index_select(0, index.to(view.device))
+        return view.index_select(0, upload(index, view.device))
     if index.device.type != "cpu":
         index = index.cpu()
     shape = (index.shape[0],) + tuple(view.shape[1:])

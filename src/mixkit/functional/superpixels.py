@@ -32,6 +32,7 @@ import math
 import torch
 from torch import Tensor
 
+from mixkit._device import upload
 from mixkit.errors import HyperParameterError, ShapeError
 from mixkit.functional import _slic
 
@@ -147,7 +148,7 @@ def segment_means(x: Tensor, labels: Tensor, num_segments: int | None = None) ->
         raise ShapeError(f"labels of shape {tuple(labels.shape)} do not fit x of shape {tuple(x.shape)}")
     b, c = x.shape[:2]
     k = int(labels.max()) + 1 if num_segments is None else num_segments
-    flat = labels.reshape(b, 1, -1).to(x.device)
+    flat = upload(labels.reshape(b, 1, -1), x.device)
     sums = torch.zeros(b, c, k, dtype=torch.float64, device=x.device)
     sums.scatter_add_(2, flat.expand(b, c, -1), x.reshape(b, c, -1).to(torch.float64))
     counts = torch.zeros(b, 1, k, dtype=torch.float64, device=x.device)
@@ -166,7 +167,7 @@ def paint_segments(values: Tensor, labels: Tensor) -> Tensor:
         ``(B, C, H, W)`` in ``values``' dtype.
     """
     b, c = values.shape[:2]
-    flat = labels.reshape(b, 1, -1).to(values.device).expand(b, c, -1)
+    flat = upload(labels.reshape(b, 1, -1), values.device).expand(b, c, -1)
     return values.gather(2, flat).view((b, c) + tuple(labels.shape[1:]))
 
 

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from mixkit._device import upload
 from mixkit import rng
 from mixkit.errors import HyperParameterError, ShapeError
 from mixkit.functional.multi import chain_sources, merge_repeats, own_weight
@@ -211,9 +212,9 @@ class AdAutoMix(LearnableMixMethod):
         ``lam_margin`` of 0 or 1 (inactive rows too) get constant masks, a linear N-mix."""
         if feats is None:
             feats = self.encoder.features(x).to(self._feature_dtype(x))
-        sources, weights = draw.sources.to(x.device), draw.weights.to(device=x.device, dtype=feats.dtype)
+        sources, weights = upload(draw.sources, x.device), upload(draw.weights, x.device, feats.dtype)
         masks = self.mixer(feats, sources, weights, tuple(x.shape[2:]))
-        lam = draw.lam.to(device=x.device, dtype=masks.dtype).view(-1, 1, 1, 1)
+        lam = upload(draw.lam, x.device, masks.dtype).view(-1, 1, 1, 1)
         linear = (lam <= self.lam_margin) | (lam >= 1.0 - self.lam_margin)
         masks = torch.where(linear, weights.view(*weights.shape, 1, 1).expand_as(masks), masks)
         return SourceMaskParams(index=draw.index, lam=draw.lam, sources=draw.sources, weights=draw.weights, masks=masks)
@@ -231,7 +232,7 @@ class AdAutoMix(LearnableMixMethod):
 
     def target(self, y: Tensor, params: Params) -> MixTarget:
         dtype = torch.float64 if y.dtype == torch.float64 else torch.float32
-        return MixTarget(y, params.sources.to(y.device), params.weights.to(device=y.device, dtype=dtype), self.num_classes)
+        return MixTarget(y, upload(params.sources, y.device), upload(params.weights, y.device, dtype), self.num_classes)
 
     # --------------------------------------------------------------------------- calling
     @torch.no_grad()
@@ -270,7 +271,7 @@ class AdAutoMix(LearnableMixMethod):
         if self.clean_weight:
             clean = criterion(model(x), MixTarget.unmixed(y, self.num_classes))
             if self.k > 2 and self.mixup_ratio:
-                weights = params.weights.to(device=x.device, dtype=x.dtype)
+                weights = upload(params.weights, x.device, x.dtype)
                 linear = criterion(model(blend_sources(x, params.sources, weights.view(*weights.shape, 1, 1))), target)
                 clean = (1.0 - self.mixup_ratio) * clean + self.mixup_ratio * linear
             loss = loss + self.clean_weight * clean
@@ -279,7 +280,7 @@ class AdAutoMix(LearnableMixMethod):
 
     def _generator_step(self, x: Tensor, y: Tensor, feats: Tensor, teacher_logits: Tensor, draw: MultiParams) -> dict[str, float]:
         """The generator's update through the frozen EMA teacher (adversarial every ``adv_interval`` steps)."""
-        sources, weights = draw.sources.to(x.device), draw.weights.to(device=x.device, dtype=feats.dtype)
+        sources, weights = upload(draw.sources, x.device), upload(draw.weights, x.device, feats.dtype)
         masks = self.mixer(feats, sources, weights, tuple(x.shape[2:]))
         logits = self.encoder(blend_sources(x, sources, masks))
         ce = mixup_cross_entropy(logits, MixTarget(y, sources, weights, self.num_classes))

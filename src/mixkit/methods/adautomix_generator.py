@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mixkit._device import upload
 from mixkit.errors import HyperParameterError
 from mixkit.methods.automix import build_mixer_convs, upsample
 from mixkit.validation import (
@@ -119,7 +120,7 @@ def blend_sources(x: Tensor, sources: Tensor, masks: Tensor) -> Tensor:
     """
     out = None
     for n in range(sources.shape[1]):
-        term = x.index_select(0, sources[:, n].to(x.device)) * masks[:, n : n + 1].to(x)
+        term = x.index_select(0, upload(sources[:, n], x.device)) * masks[:, n : n + 1].to(x)
         out = term if out is None else out + term
     return out
 

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mixkit._device import upload
 from mixkit import rng
 from mixkit.base import MixMethod
 from mixkit.errors import HyperParameterError, ShapeError
@@ -174,7 +175,7 @@ class AugMix(MixMethod):
             return self._augment(x, params.chains)
         out = x.clone()
         if rows.numel():
-            dev_rows = rows.to(x.device)
+            dev_rows = upload(rows, x.device)
             out.index_copy_(0, dev_rows, self._augment(gather_rows(x, dev_rows), params.chains.take(rows)))
         return out
 

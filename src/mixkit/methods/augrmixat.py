@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor, nn
 
+from mixkit._device import upload
 from mixkit import rng
 from mixkit.base import MixMethod
 from mixkit.errors import HyperParameterError
@@ -256,7 +257,7 @@ class AugRmixAT(MixMethod):
         self.check(x, y)
         params = self.sample(x, y, generator=generator)
         target = self.target(y, params)
-        active = params.augmix.active.to(x.device).view(-1, *([1] * (x.ndim - 1)))
+        active = upload(params.augmix.active, x.device).view(-1, *([1] * (x.ndim - 1)))
         x_hat = x
         if bool(params.augmix.active.any()):
             x_hat = torch.where(active, self.perturb(model, x, y, criterion=criterion, generator=generator), x)

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from mixkit._device import upload
 from mixkit import rng
 from mixkit.base import MixMethod
 from mixkit.errors import HyperParameterError, ModelError
@@ -229,7 +230,7 @@ class AdaMixup(LabelPolicy):
 
     def _region(self, x: Tensor, index: Tensor, noise: Tensor) -> tuple[Tensor, Tensor]:
         assert self._nets is not None
-        m = noise.to(device=x.device, dtype=x.dtype)
+        m = upload(noise, x.device, x.dtype)
         h = index.shape[0]
         gate_in = (m[0] * x[:h] + m[1] * x.index_select(0, index)) / 2
         return policy_region(self._nets["gate"](self._nets["generator"](gate_in)))
@@ -247,7 +248,7 @@ class AdaMixup(LabelPolicy):
         b = x.shape[0]
         h = b - b // 2
         params = self.inner.sample(x, y, generator=generator)
-        index, active = params.index[:h].to(x.device), (params.lam[:h] < 1).to(x.device)
+        index, active = upload(params.index[:h], x.device), upload((params.lam[:h] < 1), x.device)
         u = rng.uniform((h,), generator=generator)
         noise = truncated_normal((2, h) + tuple(x.shape[1:]), generator=generator)
         alpha, delta = self._region(x, index, noise)
@@ -346,7 +347,7 @@ def _ada_target(y: Tensor, index: Tensor, lam: Tensor, num_classes: int | None) 
     partner's, then weight 1 on the own label (differentiable in ``lam``)."""
     h = index.shape[0]
     own = torch.arange(h, device=y.device)
-    index = index.to(y.device)
+    index = upload(index, y.device)
     w = lam.to(device=y.device, dtype=torch.float64 if y.dtype == torch.float64 else torch.float32)
     idx = torch.cat([torch.stack([own, index], 1), torch.stack([own, own], 1)])
     one = torch.ones_like(w).detach()

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from mixkit._device import upload
 from mixkit import rng
 from mixkit.base import MixMethod
 from mixkit.errors import HyperParameterError
@@ -89,7 +90,7 @@ def meta_lambda_gradient(
         return {n: b.detach().clone() for n, b in base.named_buffers()}
 
     work = torch.promote_types(x.dtype, torch.float32) if x.is_floating_point() else torch.float32
-    rows = torch.where(active, leaf.to(device=x.device, dtype=work), torch.ones((), device=x.device, dtype=work))
+    rows = torch.where(active, upload(leaf, x.device, work), torch.ones((), device=x.device, dtype=work))
     with blending(base, layer, index, rows):
         logits = functional_call(base, {**trained, **frozen, **buffers()}, (x,))
     loss = criterion(logits, MixTarget.pair(y, index, rows))
@@ -213,13 +214,13 @@ class MetaMixUp(LabelPolicy):
             raise RuntimeError("metamixup needs held-out data: train it with the mixkit engine (which holds out "
                                "holdout_fraction of each class) or call attach_holdout(Holdout(images, labels)) first")
         params = self.inner.sample(x, y, generator=generator)
-        index, active, layer = params.index.to(x.device), (params.lam < 1).to(x.device), mixing_layer(params)
+        index, active, layer = upload(params.index, x.device), upload((params.lam < 1), x.device), mixing_layer(params)
         held = self._holdout.sample(self.holdout_batch_size or x.shape[0], generator)
         grad, held_loss = meta_lambda_gradient(model, x, y, held, lam=self._lam, index=index, active=active,
                                                layer=layer, criterion=criterion, virtual_lr=self.virtual_lr)
         self._meta_step(grad)
         work = torch.promote_types(x.dtype, torch.float32) if x.is_floating_point() else torch.float32
-        rows = torch.where(active, self._lam.detach().to(device=x.device, dtype=work), torch.ones((), device=x.device, dtype=work))
+        rows = torch.where(active, upload(self._lam.detach(), x.device, work), torch.ones((), device=x.device, dtype=work))
         with blending(model, layer, index, rows):
             logits = model(x)
         target = MixTarget.pair(y, index, rows, self.num_classes)

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mixkit._device import upload
 from mixkit._moved import moved_names
 from mixkit.base import MixMethod
 from mixkit.errors import HyperParameterError, ShapeError
@@ -60,7 +61,7 @@ def _with_alpha(
 def source_classes(target: MixTarget) -> Tensor:
     """``(B, k)`` class of each source of each row (the argmax of a soft source label)."""
     labels = target.labels if target.labels.ndim == 1 else target.labels.argmax(dim=1)
-    return labels[target.index.to(labels.device)]
+    return labels[upload(target.index, labels.device)]
 
 
 # ----------------------------------------------------------------------------- DecoupleMix

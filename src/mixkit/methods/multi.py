@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from mixkit._device import upload
 from mixkit import rng
 from mixkit._moved import moved_names
 from mixkit.base import MixMethod
@@ -91,7 +92,7 @@ class NestedBoxParams(MultiParams):
 
 def _multi_target(y: Tensor, params: MultiParams, num_classes: int | None) -> MixTarget:
     dtype = torch.float64 if y.dtype == torch.float64 else torch.float32
-    return MixTarget(y, params.sources.to(y.device), params.weights.to(y.device, dtype), num_classes)
+    return MixTarget(y, upload(params.sources, y.device), upload(params.weights, y.device, dtype), num_classes)
 
 
 def _rows(n: int, rows: Tensor) -> Tensor:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from mixkit._device import upload
 from mixkit import rng
 from mixkit.base import MixMethod
 from mixkit.errors import ShapeError
@@ -178,7 +179,7 @@ class PaniMixup(MixMethod):
 
     def target(self, y: Tensor, params: PaniParams) -> MixTarget:
         dtype = torch.float64 if y.dtype == torch.float64 else torch.float32
-        return MixTarget(y, params.sources.to(y.device), params.weights.to(y.device, dtype), self.num_classes)
+        return MixTarget(y, upload(params.sources, y.device), upload(params.weights, y.device, dtype), self.num_classes)
 
     def forward_at(
         self, model: nn.Module, x: Tensor, y: Tensor, *, layer: str, generator: torch.Generator | None = None

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from mixkit._device import upload
 from mixkit import rng
 from mixkit.base import MixMethod
 from mixkit.errors import DTypeError, HyperParameterError, ShapeError
@@ -92,8 +93,8 @@ def _rounds(mixed: Tensor, sources: Tensor, partner: Tensor, live: Tensor, param
     order = torch.argsort(kind, stable=True)
     step, rows = step[order], rows[order]
     counts = torch.bincount(kind, minlength=2 * live.shape[1]).tolist()
-    a, b = params.coef[rows, step].to(device=mixed.device, dtype=mixed.dtype).t().contiguous()  # (M,) each
-    partner = partner[rows, step].to(mixed.device)
+    a, b = upload(params.coef[rows, step], mixed.device, mixed.dtype).t().contiguous()  # (M,) each
+    partner = upload(partner[rows, step], mixed.device)
     # every group gathers its rows into the same two buffers (pooled blocks for large batches):
     # fresh batch-sized temporaries would fault their pages in at every group of every call
     most = max(counts)
@@ -107,7 +108,7 @@ def _rounds(mixed: Tensor, sources: Tensor, partner: Tensor, live: Tensor, param
         if count:
             part = slice(start, start + count)
             mix = _additive_mix_ if i % 2 else _multiplicative_mix_
-            idx = rows[part].to(mixed.device)
+            idx = upload(rows[part], mixed.device)
             weights = (a[part].view(-1, 1, 1, 1), b[part].view(-1, 1, 1, 1))
             img1 = torch.index_select(flat, 0, idx, out=bufs[0][:count]).view((count,) + mixed.shape[1:])
             img2 = torch.index_select(flat_sources, 0, partner[part], out=bufs[1][:count]).view(img1.shape)
@@ -254,11 +255,11 @@ class PixMix(MixMethod):
         sources, slot, picture = self._sources(x, mixed, params, (live & params.use_picture).any(1))
         start = (slot[:, 0] >= 0).nonzero().squeeze(1)
         if start.numel():
-            mixed.index_copy_(0, start.to(x.device), take_rows(sources, slot[start, 0]))
+            mixed.index_copy_(0, upload(start, x.device), take_rows(sources, slot[start, 0]))
         partner = torch.where(params.use_picture, picture.unsqueeze(1), slot[:, 1:])  # (B, k) rows of sources
         _rounds(mixed, sources, partner, live, params)
         out = mixed if stats is None else mixed.sub_(stats[0]).div_(stats[1])
-        kept = (~changed).nonzero().squeeze(1).to(x.device)
+        kept = upload((~changed).nonzero().squeeze(1), x.device)
         if kept.numel():
             out.index_copy_(0, kept, take_rows(x, kept).to(dtype))  # exact copies of the samples left alone
         if out.stride() == x.stride() and out.dtype == x.dtype:
@@ -304,7 +305,7 @@ class PixMix(MixMethod):
         fit = (math.ceil(hw[0] * _PAD), math.ceil(hw[1] * _PAD))
         key = (c, *fit, str(x.device))
         if key not in self._cache:
-            self._cache[key] = self._build(c, fit).to(x.device)
+            self._cache[key] = upload(self._build(c, fit), x.device)
         pics = self._cache[key]
         index = params.picture[rows]
         if int(index.max()) >= pics.shape[0] or int(index.min()) < 0:

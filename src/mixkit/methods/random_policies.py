@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mixkit._device import upload
 from mixkit.base import MixMethod
 from mixkit.errors import HyperParameterError
 from mixkit.functional.alloc import fresh_copy, fresh_like
@@ -131,7 +132,7 @@ def _mixed_rows(method: MixMethod, x: Tensor, params: Params, rows: list[int]) -
     if spec is None or type(params) is not spec[0]:
         return gather_rows(method.apply(x, params), torch.tensor(rows, device=x.device))
     sub, sub_index = _sub_batch(rows, params.index.tolist(), x.shape[0])
-    mixed = method.apply(gather_rows(x, sub.to(x.device)), _sub_params(params, spec[1], sub, sub_index))
+    mixed = method.apply(gather_rows(x, upload(sub, x.device)), _sub_params(params, spec[1], sub, sub_index))
     return mixed[: len(rows)]
 
 
@@ -253,7 +254,7 @@ class RandomChoice(MixMethod):
         index = torch.arange(b, device=y.device).unsqueeze(1).repeat(1, width)
         weight = torch.zeros(b, width, device=y.device)
         weight[:, 0] = 1.0
-        choice = params.choice.to(y.device).unsqueeze(1)
+        choice = upload(params.choice, y.device).unsqueeze(1)
         for k, t in parts.items():
             rows = choice == k
             index = torch.where(rows, F.pad(t.index, (0, width - t.k)), index)  # padded sources get weight 0

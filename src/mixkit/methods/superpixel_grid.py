@@ -137,8 +137,8 @@ class _SuperpixelGrid(MixMethod):
         gy, gx = slic_grid(self.n_segments, h, w)[:2]
         keys = rng.uniform((1 if self.mode == "batch" else b, gy * gx), generator=generator)
         segments = self._segments(x, active)
-        selected = select_segments(segment_counts(segments), self.ratio, keys.to(x.device))
-        selected &= active.to(x.device).unsqueeze(1)
+        selected = select_segments(segment_counts(segments), self.ratio, upload(keys, x.device))
+        selected &= upload(active, x.device).unsqueeze(1)
         return segments, selected, (~selected).gather(1, segments.flatten(1)).view(b, 1, h, w)
 
 
@@ -206,7 +206,7 @@ class SuperpixelGridCut(_LabelPreserving):
     needs_float = False
 
     def _mix(self, x: Tensor, params: MaskParams) -> Tensor:
-        mask = params.mask.to(x.device)
+        mask = upload(params.mask, x.device)
         if mask.device.type == "cpu" and bool(mask.all()):  # (on a device: no wait for the test)
             return x.clone()
         black = torch.zeros((1, x.shape[1], 1, 1), dtype=x.dtype, device=x.device)
@@ -258,12 +258,12 @@ class SuperpixelGridMean(_LabelPreserving):
     """
 
     def _mix(self, x: Tensor, params: SuperpixelParams) -> Tensor:
-        mask = params.mask.to(x.device)
+        mask = upload(params.mask, x.device)
         if mask.device.type == "cpu" and bool(mask.all()):  # (on a device: no wait for the test)
             return x.clone()
         if params.segments.shape != (x.shape[0],) + tuple(x.shape[2:]):
             raise ShapeError(f"segments of shape {tuple(params.segments.shape)} do not fit x of shape {tuple(x.shape)}")
-        means = segment_means(x, params.segments.to(x.device), params.selected.shape[1])
+        means = segment_means(x, upload(params.segments, x.device), params.selected.shape[1])
         return match_format(torch.where(mask, x, paint_segments(means.to(x.dtype), params.segments)), x)
 
 
@@ -336,7 +336,7 @@ class SuperpixelGridMix(_SuperpixelGrid):
         index = rng.randperm(b, generator=generator)
         active = self._active(b, generator)
         index = self._partner(index, active)
-        source = x if self.segment_on == "sample" else x.index_select(0, index.to(x.device))
+        source = x if self.segment_on == "sample" else x.index_select(0, upload(index, x.device))
         segments, selected, mask = self._draw(source, active, generator)
         lam = row_sums64(mask).cpu() / mask[0].numel()
         return SuperpixelParams(index=index, lam=lam, mask=mask, segments=segments, selected=selected)
