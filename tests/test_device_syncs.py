@@ -1,6 +1,7 @@
 """Params reach the data's device without making the host wait. Without a GPU here, the
-``meta`` device stands in for one: its tensors have shapes but no data, so a copy of a CPU
-param to it takes the same code path as a copy to a GPU."""
+``meta`` device stands in for one (made a device that :func:`upload` copies to without
+blocking, as it does to CUDA): its tensors have shapes but no data, so a copy of a CPU param
+to it takes the same code path as a copy to a GPU."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from torch.overrides import TorchFunctionMode
 
 import mixkit
 from conftest import gen
+import mixkit._device
 from mixkit._device import upload
 from mixkit.functional.augment_values import _level_counts
 
@@ -29,7 +31,18 @@ class _Copies(TorchFunctionMode):
         return out
 
 
-def test_upload_is_asynchronous_from_the_cpu_only():
+@pytest.fixture
+def meta_as_gpu(monkeypatch):
+    monkeypatch.setattr(mixkit._device, "ASYNC_DEVICE_TYPES", frozenset({"cuda", "meta"}))
+
+
+def test_upload_blocks_unless_to_cuda():
+    with _Copies() as copies:
+        upload(torch.arange(4), torch.device("meta"))
+    assert copies.seen == [("cpu", "meta", False)]  # meta is not CUDA (nor is MPS): a blocking copy
+
+
+def test_upload_is_asynchronous_from_the_cpu_only(meta_as_gpu):
     t = torch.arange(4)
     cpu, meta = torch.device("cpu"), torch.device("meta")
     assert upload(t, cpu) is t  # nothing to do: the tensor itself
@@ -58,7 +71,7 @@ def _input_space_methods() -> list[tuple[str, str]]:
 
 
 @pytest.mark.parametrize("name, mode", _input_space_methods())
-def test_mixing_moves_its_cpu_params_without_blocking(name, mode):
+def test_mixing_moves_its_cpu_params_without_blocking(name, mode, meta_as_gpu):
     x, y = torch.rand(8, 3, 16, 16, generator=gen(1)), torch.arange(8)
     options = {"mode": mode} if "mode" in mixkit.method_info(name).defaults else {}
     m = mixkit.create(name, num_classes=8, **options)

@@ -15,10 +15,15 @@ from torch import Tensor
 
 __all__ = ["upload"]
 
+#: device types a CPU tensor is copied to without blocking
+ASYNC_DEVICE_TYPES = frozenset({"cuda"})
+
 
 def upload(t: Tensor, device: torch.device, dtype: torch.dtype | None = None) -> Tensor:
-    """``t.to(device, dtype)``, without a host synchronisation when ``t`` is on the CPU (``t``
-    itself when nothing changes)."""
+    """``t.to(device, dtype)``, without a host synchronisation from the CPU to a CUDA device
+    (``t`` itself when nothing changes). Other copies block: MPS's non-blocking copies from
+    pageable memory are not safe (pytorch/pytorch#139550)."""
     if t.device == device and (dtype is None or t.dtype == dtype):
         return t
-    return t.to(device=device, dtype=dtype, non_blocking=t.is_cpu)
+    ahead = t.is_cpu and device is not None and torch.device(device).type in ASYNC_DEVICE_TYPES
+    return t.to(device=device, dtype=dtype, non_blocking=ahead)

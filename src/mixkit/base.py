@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from mixkit._device import upload
 from mixkit import rng
 from mixkit.functional.alloc import fresh_copy
 from mixkit.holdout import Holdout
@@ -231,7 +232,7 @@ class MixMethod:
         if self.input_normalization is None:
             return None
         dtype = x.dtype if dtype is None else dtype
-        mean, std = (torch.tensor(v, dtype=dtype, device=x.device) for v in self.input_normalization)
+        mean, std = (upload(torch.tensor(v, dtype=dtype), x.device) for v in self.input_normalization)
         if x.dim() >= 2 and mean.numel() not in (1, x.shape[1]):
             raise ValueError(f"input normalisation has {mean.numel()} channels, x has {x.shape[1]}")
         shape = (1, -1) + (1,) * (x.dim() - 2)

@@ -90,7 +90,7 @@ def _solarize(x: Tensor, threshold: Tensor, out: Tensor) -> None:
 def _gray(x: Tensor) -> Tensor:
     """PIL's ``convert("L")`` luma for RGB; the channel mean otherwise (a grey image is its own)."""
     if x.shape[1] == 3:
-        w = torch.tensor([0.299, 0.587, 0.114], dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        w = upload(torch.tensor([0.299, 0.587, 0.114], dtype=x.dtype), x.device).view(1, 3, 1, 1)
         return (x * w).sum(dim=1, keepdim=True)
     return x.mean(dim=1, keepdim=True)
 

@@ -83,7 +83,7 @@ def region_lambda(alpha: Tensor, delta: Tensor, u: Tensor) -> Tensor:
         delta: ``(N,)`` widths.
         u: ``(N,)`` draws from U(0, 1) (constants: the gradient flows to ``alpha``, ``delta``).
     """
-    return alpha + u.to(device=alpha.device, dtype=alpha.dtype) * delta
+    return alpha + upload(u, alpha.device, alpha.dtype) * delta
 
 
 def intrusion_loss(logits: Tensor, original: Tensor, weight: Tensor | None = None) -> Tensor:

@@ -52,7 +52,7 @@ def _source_coords(start: Tensor, end: Tensor, size: int, mode: str) -> Tensor:
     side = (end - start).clamp_min(1).unsqueeze(1)
     rel = torch.arange(size, device=start.device).unsqueeze(0) - start.unsqueeze(1)
     if mode == "nearest":
-        scale = torch.tensor(float(size), dtype=torch.float32, device=start.device) / side.float()
+        scale = upload(torch.tensor(float(size), dtype=torch.float32), start.device) / side.float()
         return (rel.float() * scale).floor().long().clamp(0, size - 1)
     scale = torch.where(side > 1, (size - 1) / (side - 1).clamp_min(1).double(), 0.0)
     return (rel.double() * scale).clamp(0, size - 1)

@@ -186,8 +186,8 @@ class AdAutoMix(LearnableMixMethod):
     def generate_mask(self, feats: Tensor, index: Tensor, lam: Tensor, *, size: tuple[int, int]) -> Tensor:
         """The two-source mask (the row's own weight, ``(B, 1, H, W)``) from the generator."""
         own = torch.arange(feats.shape[0], device=feats.device)
-        sources = torch.stack([own, index.to(feats.device)], dim=1)
-        weights = torch.stack([lam, 1.0 - lam], dim=1).to(device=feats.device, dtype=feats.dtype)
+        sources = torch.stack([own, upload(index, feats.device)], dim=1)
+        weights = upload(torch.stack([lam, 1.0 - lam], dim=1), feats.device, feats.dtype)
         return self.mixer(feats, sources, weights, size)[:, :1]
 
     # ------------------------------------------------------------------------- sampling

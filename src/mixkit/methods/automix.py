@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mixkit._device import upload
 from mixkit import rng
 from mixkit.errors import HyperParameterError
 from mixkit.learnable import LearnableMixMethod, cosine_value
@@ -132,9 +133,9 @@ class MixBlock(nn.Module):
             raise HyperParameterError(f"MixBlock expects features (B, {self.in_channels}, h, w), got {tuple(z.shape)}")
         z = z.to(self.query.weight.dtype)
         b, _, h, w = z.shape
-        zi, zj = z, z.index_select(0, index.to(z.device))
+        zi, zj = z, z.index_select(0, upload(index, z.device))
         if self.lam_concat:
-            lam = lam.to(device=z.device, dtype=z.dtype)
+            lam = upload(lam, z.device, z.dtype)
             zi, zj = lam_channel(zi, lam), lam_channel(zj, 1.0 - lam)
         q = self.query(zi).flatten(2).transpose(1, 2)  # (B, hw, d)
         k = self.query(zj).flatten(2)  # (B, d, hw)

@@ -348,7 +348,7 @@ def _ada_target(y: Tensor, index: Tensor, lam: Tensor, num_classes: int | None) 
     h = index.shape[0]
     own = torch.arange(h, device=y.device)
     index = upload(index, y.device)
-    w = lam.to(device=y.device, dtype=torch.float64 if y.dtype == torch.float64 else torch.float32)
+    w = upload(lam, y.device, torch.float64 if y.dtype == torch.float64 else torch.float32)
     idx = torch.cat([torch.stack([own, index], 1), torch.stack([own, own], 1)])
     one = torch.ones_like(w).detach()
     weight = torch.cat([torch.stack([w, 1 - w], 1), torch.stack([one, one - one], 1)])

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from mixkit._device import upload
 from mixkit import rng
 from mixkit.base import MixMethod
 from mixkit.errors import HyperParameterError, ShapeError
@@ -71,7 +72,7 @@ def lumix_target(target: MixTarget, probs: Tensor, noise: Tensor, *, r_s: float 
     active = (w > 0).to(w.dtype)
     classes = source_classes(target).to(probs.device)
     p_src = probs.detach().gather(1, classes).to(device=w.device, dtype=w.dtype) * active
-    n_src = noise.to(device=w.device, dtype=w.dtype) * active
+    n_src = upload(noise, w.device, w.dtype) * active
 
     def normalised(v: Tensor) -> Tensor:  # rows with no mass fall back to the target's own weights
         tiny = torch.finfo(w.dtype).tiny

@@ -119,8 +119,8 @@ def _sub_params(params: Params, fields: tuple[str, ...], sub: Tensor, sub_index:
     per_row = {}
     for name in fields:
         t = getattr(params, name)
-        per_row[name] = t if t.shape[0] != b else t.index_select(0, sub.to(t.device))
-    lam = params.lam.index_select(0, sub.to(params.lam.device))
+        per_row[name] = t if t.shape[0] != b else t.index_select(0, upload(sub, t.device))
+    lam = params.lam.index_select(0, upload(sub, params.lam.device))
     # the whole batch's common lambda (or none): the same kernels as for the whole batch
     return replace(params, index=sub_index, lam=lam, **per_row).with_lam_value(params.lam_value)
 
@@ -130,7 +130,7 @@ def _mixed_rows(method: MixMethod, x: Tensor, params: Params, rows: list[int]) -
     their partners), any other method the whole batch."""
     spec = _ROW_WISE.get(type(method))
     if spec is None or type(params) is not spec[0]:
-        return gather_rows(method.apply(x, params), torch.tensor(rows, device=x.device))
+        return gather_rows(method.apply(x, params), upload(torch.tensor(rows), x.device))
     sub, sub_index = _sub_batch(rows, params.index.tolist(), x.shape[0])
     mixed = method.apply(gather_rows(x, upload(sub, x.device)), _sub_params(params, spec[1], sub, sub_index))
     return mixed[: len(rows)]
@@ -139,7 +139,7 @@ def _mixed_rows(method: MixMethod, x: Tensor, params: Params, rows: list[int]) -
 def _put_rows(out: Tensor, rows: list[int], mixed: Tensor) -> Tensor:
     """``mixed`` written into the ``rows`` of ``out`` (in place); returns ``out``."""
     order = memory_order(out)  # row copies along contiguous memory (channels_last too)
-    to_memory(out, order).index_copy_(0, torch.tensor(rows, device=out.device), to_memory(mixed, order))
+    to_memory(out, order).index_copy_(0, upload(torch.tensor(rows), out.device), to_memory(mixed, order))
     return out
 
 

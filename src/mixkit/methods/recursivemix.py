@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from mixkit._device import upload
 from mixkit import rng
 from mixkit.base import MixMethod
 from mixkit.errors import HyperParameterError, ModelError, ShapeError
@@ -264,7 +265,7 @@ class RecursiveMix(MixMethod):
         out = self(x, y, generator=generator)
         logits, features = self._forward(model, out.x)
         loss, logs = criterion(logits, out.target), {}
-        lam = out.params.lam.to(logits.device)
+        lam = upload(out.params.lam, logits.device)
         if old is not None and features is not None and bool((lam < 1).any()):
             pooled = roi_average(features, out.params.boxes, out.x.shape[2:])
             roi_logits = self._classifier(model)(pooled.to(features.dtype))

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mixkit._device import upload
 from mixkit import rng
 from mixkit.errors import HyperParameterError
 from mixkit.learnable import LearnableMixMethod, MomentumEncoder, cosine_value, load_mixer, resolve_stage
@@ -110,7 +111,7 @@ class SAMixMixer(nn.Module):
             lam: ``(B,)`` lambda (weight of the own sample) of each row.
             size: the input's spatial size ``(H, W)``; the logits are upsampled before the sigmoid.
         """
-        logits = self.mask_logits(z, index.to(z.device), lam.to(z.device))
+        logits = self.mask_logits(z, upload(index, z.device), upload(lam, z.device))
         extra = {"align_corners": False} if self.upsampling == "bilinear" else {}
         up = F.interpolate(logits, size=tuple(size), mode=self.upsampling, **extra)
         return torch.sigmoid(-up)  # 1 - sigmoid(up)
@@ -138,8 +139,8 @@ def eta_balanced_loss(logits: Tensor, y: Tensor, index: Tensor, lam: Tensor, *, 
     dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
     logp = torch.log_softmax(logits.to(dtype), dim=1)
     yi = _dense(y, logits.shape[1], dtype)
-    yj = yi.index_select(0, index.to(yi.device))
-    lam = lam.to(device=logp.device, dtype=dtype)
+    yj = yi.index_select(0, upload(index, yi.device))
+    lam = upload(lam, logp.device, dtype)
     la, lb = torch.logsumexp(logp + yi.log(), dim=1), torch.logsumexp(logp + yj.log(), dim=1)
     norm = torch.logaddexp(la, lb)
     local = -(lam * (la - norm) + (1.0 - lam) * (lb - norm))
