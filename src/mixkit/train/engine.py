@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from mixkit._device import upload
 from mixkit.base import MixMethod
 from mixkit.data.augment import normalize
 from mixkit.errors import HyperParameterError
@@ -215,7 +216,7 @@ def _check_resumable(state: dict[str, Any], cfg: TrainConfig) -> None:
 def _prepare_batch(images: Tensor, data: TrainData, cfg: TrainConfig, gen: torch.Generator, device: torch.device) -> Tensor:
     from mixkit.data import normalize, random_crop_flip
 
-    x = images.to(device, non_blocking=True)
+    x = upload(images, device)  # without blocking to CUDA only (MPS: pytorch#139550)
     if cfg.augment:
         x = random_crop_flip(x, padding=4, flip=True, generator=gen)
     x = normalize(x, data.mean, data.std)
