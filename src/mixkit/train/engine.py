@@ -233,7 +233,7 @@ def _train_epoch(run: _Run, data: TrainData, cfg: TrainConfig, device: torch.dev
     start = time.perf_counter()
     for step, idx in enumerate(batches):
         x = _prepare_batch(data.train_images[idx], data, cfg, run.gens["augment"], device)
-        y = data.train_labels[idx].to(device)
+        y = upload(data.train_labels[idx], device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp):
             out = dist.train_step(run.method, run.model, x, y, criterion, run.gens["mix"], cfg.pair_across_ranks)
         run.optimizer.zero_grad(set_to_none=True)
