@@ -78,17 +78,36 @@ def _centres(spatial: Sequence[int], n: int, generator: torch.Generator | None) 
 def _one_cut_box(lam: float, spatial: Sequence[int], generator: torch.Generator | None) -> Tensor:
     """:func:`sample_cut_boxes` for one lambda, in Python scalars (the same draws and values;
     a dozen fewer tensor ops, which is most of a small batch's CutMix call)."""
+    return box_tensor(one_cut_row(lam, spatial, generator))
+
+
+def one_cut_row(lam: float, spatial: Sequence[int], generator: torch.Generator | None) -> list[int]:
+    """The box of :func:`_one_cut_box` as a list ``starts + ends`` (no tensor made)."""
     d = len(spatial)
     share = min(max(1.0 - lam, 0.0), 1.0)
     # torch evaluates ``t ** 0.5`` as a square root and ``t ** 1.0`` as the identity
     ratio = math.sqrt(share) if d == 2 else share if d == 1 else share ** (1.0 / d)
-    centres = _centres(spatial, 1, generator)[0].tolist()
+    if d and len(set(spatial)) == 1:  # _centres' draws, read straight from the tensor
+        centres = rng.randint(0, spatial[0], (d, 1), generator=generator).view(-1).tolist()
+    else:
+        centres = _centres(spatial, 1, generator)[0].tolist()
     starts, ends = [], []
     for size, centre in zip(spatial, centres):
         half = math.floor(ratio * size) // 2
         starts.append(max(centre - half, 0))
         ends.append(min(centre + half, size))
-    return torch.tensor([starts + ends], dtype=torch.long)
+    return starts + ends
+
+
+def box_tensor(row: list[int]) -> Tensor:
+    """One box ``(1, 2 * d)`` int64 from its list (from numpy: cheaper than ``torch.tensor``)."""
+    return torch.from_numpy(np.array([row], dtype=np.int64))
+
+
+def row_fraction(row: Sequence[int], spatial: Sequence[int]) -> float:
+    """:func:`one_box_fraction` of a box given as a list ``starts + ends``."""
+    d = len(spatial)
+    return math.prod(max(e - s, 0) for s, e in zip(row[:d], row[d:])) / float(math.prod(spatial))
 
 
 def box_fraction(boxes: Tensor, spatial: Sequence[int]) -> Tensor:
@@ -108,5 +127,4 @@ def box_fraction(boxes: Tensor, spatial: Sequence[int]) -> Tensor:
 
 def one_box_fraction(boxes: Tensor, spatial: Sequence[int]) -> float:
     """:func:`box_fraction` of one box ``(1, 2 * d)``, as a float (no tensor ops)."""
-    row, d = boxes.tolist()[0], len(spatial)
-    return math.prod(max(e - s, 0) for s, e in zip(row[:d], row[d:])) / float(math.prod(spatial))
+    return row_fraction(boxes.tolist()[0], spatial)

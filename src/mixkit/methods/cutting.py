@@ -25,6 +25,7 @@ from mixkit import rng
 from mixkit.base import MixMethod
 from mixkit.errors import DTypeError, HyperParameterError
 from mixkit.functional.blend import mask_blend
+from mixkit.functional.box_sampling import box_tensor, one_cut_row, row_fraction
 from mixkit.functional.boxes import box_fraction, one_box_fraction, paste_boxes, paste_boxes_, sample_cut_boxes
 from mixkit.functional.resized_paste import paste_resized
 from mixkit.functional.fourier import binarise_mask, fmix_counts, fourier_noise, top_count_mask
@@ -119,6 +120,11 @@ class CutMix(MixMethod):
         index = rng.randperm(b, generator=generator)
         n = 1 if self.mode == "batch" else b
         lam = rng.beta((n,), self.alpha, self.alpha, generator=generator)
+        if n == 1 and self.p >= 1.0:  # one box, every row mixed: the box kept as a list until the end
+            row = one_cut_row(lam.item(), spatial, generator)
+            value = 1.0 - row_fraction(row, spatial)
+            lam = torch.full((b,), value, dtype=torch.float64)
+            return BoxParams(index=index, lam=lam, boxes=box_tensor(row)).with_lam_value(value)
         boxes = sample_cut_boxes(lam, spatial, generator=generator)
         if self.p < 1.0:  # the per-row switch (at p = 1 every row is mixed)
             active = self._active(b, generator)
