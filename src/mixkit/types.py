@@ -13,6 +13,7 @@ Conventions (they hold everywhere in mixkit):
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -39,6 +40,20 @@ def _weight_dtype(labels: Tensor) -> torch.dtype:
     if labels.is_floating_point() and labels.dtype == torch.float64:
         return torch.float64
     return torch.float32
+
+
+def _label_range_check() -> Callable[..., None]:
+    """:func:`mixkit.validation.check_label_range` (imported at first use: validation imports
+    this module; an import statement in the call costs about a microsecond every time)."""
+    global _LABEL_RANGE_CHECK
+    if _LABEL_RANGE_CHECK is None:
+        from mixkit.validation import check_label_range
+
+        _LABEL_RANGE_CHECK = check_label_range
+    return _LABEL_RANGE_CHECK
+
+
+_LABEL_RANGE_CHECK: Callable[..., None] | None = None
 
 
 @functools.lru_cache(maxsize=16)
@@ -133,8 +148,6 @@ class MixTarget:
         Smoothing maps each source's one-hot (or soft) label ``e`` to ``(1 - s) * e + s / K``
         before mixing.
         """
-        from mixkit.validation import check_label_range
-
         if not 0.0 <= smoothing < 1.0:
             raise LabelError(f"smoothing must be in [0, 1), got {smoothing}")
         kc = self.resolve_num_classes(num_classes)
@@ -142,7 +155,7 @@ class MixTarget:
             src = self.labels[self.index].to(self.weight.dtype)  # (B, k, K)
             dense = (self.weight.unsqueeze(-1) * src).sum(dim=1)
         else:
-            check_label_range(self.labels, kc, name="target.labels")
+            _label_range_check()(self.labels, kc, name="target.labels")
             dense = torch.zeros(self.index.shape[0], kc, dtype=self.weight.dtype, device=self.weight.device)
             dense.scatter_add_(1, self.labels.take(self.index), self.weight)  # take: cheaper than indexing
         if smoothing:

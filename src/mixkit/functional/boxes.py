@@ -173,9 +173,9 @@ def paste_boxes(x: Tensor, index: Tensor, boxes: Tensor) -> Tensor:
     if spans is not None:
         if torch.is_grad_enabled() and x.requires_grad:
             return match_format(from_memory(_BoxPaste.apply(view, index, spans), order), x)
-        out = fresh_copy(view)
+        out = fresh_copy(view)  # view's strides: x's format once viewed back
         _copy_box_rows(out, view, index, spans)
-        return match_format(from_memory(out, order), x)
+        return from_memory(out, order)
     listed = _row_boxes(index, boxes, x.shape[2:], order) if row_paths.rows_without_grad(view, x) else None
     if listed is not None:
         pasted = {row: (partner, spans) for row, partner, spans in listed}
