@@ -351,3 +351,30 @@ def test_row_sums64_equals_the_whole_float64_reduction(monkeypatch):
         want = t.flatten(1).sum(dim=1, dtype=torch.float64)
         got = masks_mod.row_sums64(t)
         assert got.dtype == torch.float64 and torch.equal(got, want)
+
+
+def test_box_views_equal_narrow_chains():
+    # _narrow's single as_strided view: the same view as one narrow per dim, on any layout
+    from mixkit.functional.boxes import _narrow
+
+    def chained(t, spans):
+        for dim, start, length in spans:
+            t = t.narrow(dim, start, length)
+        return t
+
+    g = torch.Generator().manual_seed(0)
+    base = torch.rand(5, 3, 9, 11, generator=g)
+    views = [base, base.contiguous(memory_format=torch.channels_last), base.permute(0, 2, 3, 1), base[1:4, :, 2:, 1:]]
+    for t in views:
+        h, w = t.shape[2], t.shape[3]
+        for _ in range(20):
+            y0, x0 = int(torch.randint(0, h, (1,), generator=g)), int(torch.randint(0, w, (1,), generator=g))
+            spans = ((2, y0, int(torch.randint(0, h - y0 + 1, (1,), generator=g))),
+                     (3, x0, int(torch.randint(0, w - x0 + 1, (1,), generator=g))))
+            got, want = _narrow(t, spans), chained(t, spans)
+            assert got.shape == want.shape and got.stride() == want.stride()
+            assert got.storage_offset() == want.storage_offset() and torch.equal(got, want)
+    # a box past the edge is narrow's business (it raises), a negative start wraps as narrow does
+    with pytest.raises(Exception):
+        _narrow(base, ((2, 5, 6), (3, 0, 2)))
+    assert torch.equal(_narrow(base, ((2, -2, 2), (3, 0, 2))), chained(base, ((2, -2, 2), (3, 0, 2))))

@@ -99,8 +99,19 @@ def _spans(box: Tensor | list[int], d: int, order: tuple[int, ...] | None = None
 
 
 def _narrow(t: Tensor, spans: Sequence[Span]) -> Tensor:
-    """The box of ``t`` (a view): one ``narrow`` per dim, several times cheaper than indexing
-    with a tuple of slices."""
+    """The box of ``t`` (a view). A box inside ``t`` on several dims is one ``as_strided``
+    (each view op costs microseconds here: two ``narrow`` calls take 2.6 times as long);
+    otherwise, or where autograd records the view, one ``narrow`` per dim (which checks the
+    range: a start past the end raises)."""
+    if len(spans) > 1 and not (t.requires_grad and torch.is_grad_enabled()):
+        shape, strides, offset = list(t.shape), t.stride(), t.storage_offset()
+        for dim, start, length in spans:
+            if start < 0 or length < 0 or start + length > shape[dim]:
+                break
+            shape[dim] = length
+            offset += start * strides[dim]
+        else:
+            return t.as_strided(shape, strides, offset)
     for dim, start, length in spans:
         t = t.narrow(dim, start, length)
     return t
