@@ -15,8 +15,8 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from mixkit._device import upload
 from mixkit import rng
+from mixkit._device import upload
 from mixkit.functional.alloc import fresh_copy
 from mixkit.holdout import Holdout
 from mixkit.types import MixOutput, MixTarget, Params, StepOutput

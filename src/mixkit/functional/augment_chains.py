@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from mixkit._device import upload
 from mixkit import rng
+from mixkit._device import upload
 from mixkit.errors import HyperParameterError, ShapeError
 from mixkit.functional.alloc import fresh_like
 from mixkit.functional.augment_dispatch import run_kernels

@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mixkit._device import upload
 from mixkit import rng
+from mixkit._device import upload
 from mixkit.functional.blend import match_format
 
 __all__ = ["lerp_blend", "policy_region", "region_lambda", "intrusion_loss", "truncated_normal"]

@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mixkit._device import upload
 from mixkit import rng
+from mixkit._device import upload
 from mixkit.errors import ModelError, ShapeError
 from mixkit.functional import row_paths
 from mixkit.functional.alloc import fresh_like

@@ -28,8 +28,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from mixkit._device import upload
 from mixkit import rng
+from mixkit._device import upload
 from mixkit.functional.blend import gather_rows, mask_blend, select_by_mask
 from mixkit.functional.masks import row_sums64
 

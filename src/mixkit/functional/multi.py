@@ -23,8 +23,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mixkit._device import upload
 from mixkit import rng
+from mixkit._device import upload
 from mixkit.errors import ShapeError
 from mixkit.functional.alloc import fresh_copy, fresh_like
 from mixkit.functional.blend import (

@@ -20,8 +20,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mixkit._device import upload
 from mixkit import rng
+from mixkit._device import upload
 from mixkit.errors import HyperParameterError, ShapeError
 from mixkit.functional.multi import chain_sources, merge_repeats, own_weight
 from mixkit.hooks import resolve_layer

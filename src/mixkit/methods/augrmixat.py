@@ -22,8 +22,8 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor, nn
 
-from mixkit._device import upload
 from mixkit import rng
+from mixkit._device import upload
 from mixkit.base import MixMethod
 from mixkit.errors import HyperParameterError
 from mixkit.methods.augmix import AugMix, AugMixParams, augmix_jsd

@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mixkit._device import upload
 from mixkit import rng
+from mixkit._device import upload
 from mixkit.errors import HyperParameterError
 from mixkit.learnable import LearnableMixMethod, cosine_value
 from mixkit.losses import mixup_cross_entropy

@@ -26,8 +26,8 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from mixkit._device import upload
 from mixkit import rng
+from mixkit._device import upload
 from mixkit.base import MixMethod
 from mixkit.errors import HyperParameterError
 from mixkit.holdout import Holdout

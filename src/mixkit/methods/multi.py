@@ -24,8 +24,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from mixkit._device import upload
 from mixkit import rng
+from mixkit._device import upload
 from mixkit._moved import moved_names
 from mixkit.base import MixMethod
 from mixkit.errors import HyperParameterError

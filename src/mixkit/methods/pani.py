@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from mixkit._device import upload
 from mixkit import rng
+from mixkit._device import upload
 from mixkit.base import MixMethod
 from mixkit.errors import ShapeError
 from mixkit.functional.pani import interpolate_patches, nearest_patches, patch_grid, patch_shares, source_weights

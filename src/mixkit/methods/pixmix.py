@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from mixkit._device import upload
 from mixkit import rng
+from mixkit._device import upload
 from mixkit.base import MixMethod
 from mixkit.errors import DTypeError, HyperParameterError, ShapeError
 from mixkit.functional.alloc import fresh, fresh_like

@@ -20,8 +20,8 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from mixkit._device import upload
 from mixkit import rng
+from mixkit._device import upload
 from mixkit.base import MixMethod
 from mixkit.errors import HyperParameterError, ModelError, ShapeError
 from mixkit.functional.alloc import fresh_copy

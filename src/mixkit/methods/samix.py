@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mixkit._device import upload
 from mixkit import rng
+from mixkit._device import upload
 from mixkit.errors import HyperParameterError
 from mixkit.learnable import LearnableMixMethod, MomentumEncoder, cosine_value, load_mixer, resolve_stage
 from mixkit.registry import register
