@@ -163,3 +163,19 @@ def test_normalisation_reaches_the_inner_augmix_and_survives_pickling():
     torch.testing.assert_close(m2.apply((x - mean) / std, params) * std + mean, plain.apply(x, params),
                                atol=1e-5, rtol=1e-5)
     assert isinstance(m2.target(y, params), MixTarget)
+
+
+def test_elem_with_p_below_one_draws_fmix_noise_only_for_active_rows(monkeypatch):
+    import mixkit.methods.cutting as cutting
+
+    drawn = []
+    noise = cutting.fourier_noise
+    monkeypatch.setattr(cutting, "fourier_noise", lambda n, *a, **k: drawn.append(n) or noise(n, *a, **k))
+    m = mixkit.create("augrmixat", mode="elem", p=0.5, num_classes=4)
+    x, y = torch.rand(40, 3, 16, 16, generator=gen(0)), torch.arange(40) % 4
+    params = m.sample(x, y, generator=gen(5))
+    k = list(m.methods).index("fmix")
+    fmix_rows = params.mix.choice == k
+    assert bool((~params.augmix.active[fmix_rows]).sum() == 0)  # every FMix row is an active one
+    assert drawn == ([int(fmix_rows.sum())] if bool(fmix_rows.any()) else [])
+    assert 0 < int(params.augmix.active.sum()) < 40

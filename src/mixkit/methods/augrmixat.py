@@ -216,7 +216,7 @@ class AugRmixAT(MixMethod):
         b = x.shape[0]
         active = self._active(b, generator)
         augmix = replace(self._augmix.sample(x, y, generator=generator), active=active)
-        mix = self._mixer.sample(x, y, generator=generator)
+        mix = self._mixer._sample_rows(x, y, active, generator=generator)  # no params drawn for inactive rows
         choice = torch.where(active, mix.choice, len(self.methods))
         inner = tuple(p if bool((choice == k).any()) else None for k, p in enumerate(mix.inner))
         index = torch.where(active, mix.index, torch.arange(b))

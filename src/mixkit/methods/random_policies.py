@@ -201,9 +201,20 @@ class RandomChoice(MixMethod):
             m.check(x, y)
 
     def sample(self, x: Tensor, y: Tensor | None = None, *, generator: torch.Generator | None = None) -> ChoiceParams:
+        return self._draw(x, y, None, generator)
+
+    def _sample_rows(self, x: Tensor, y: Tensor | None, rows: Tensor, *, generator: torch.Generator | None = None) -> ChoiceParams:
+        """The choice drawn for every sample as by :meth:`sample`; samples outside ``rows`` then
+        get the "not mixed" choice, so no method draws their params (FMix's noise)."""
+        return self._draw(x, y, rows.to(device="cpu", dtype=torch.bool), generator)
+
+    def _draw(self, x: Tensor, y: Tensor | None, wanted: Tensor | None, generator: torch.Generator | None) -> ChoiceParams:
+        """:meth:`sample`; ``wanted``: the samples that may be mixed (all if ``None``)."""
         b = x.shape[0]
         n = 1 if self.mode == "batch" else b
         choice = torch.multinomial(self._probs, n, replacement=True, generator=generator).expand(b).clone()
+        if wanted is not None:
+            choice = torch.where(wanted, choice, len(self._methods))
         index, lam = torch.arange(b), torch.ones(b, dtype=torch.float64)
         inner: list[Params | None] = []
         for k, method in enumerate(self._methods):
