@@ -39,17 +39,17 @@ def gather_rows(x: Tensor, index: Tensor) -> Tensor:
 
 
 def take_rows(x: Tensor, index: Tensor) -> Tensor:
-    """``x.index_select(0, index)``; a contiguous ``x`` is gathered as ``(B, -1)`` rows, which
-    is a plain copy per row (the N-d kernel computes offsets per element and allocates)."""
+    """``x.index_select(0, index)``; a large contiguous ``x`` on the CPU is gathered as
+    ``(B, -1)`` rows into :func:`~mixkit.functional.alloc.fresh` memory (no page faults; the
+    row views cost more than they save on small batches, where a view op takes about a
+    microsecond)."""
     index = upload(index, x.device)
-    if x.ndim > 2 and x.is_contiguous():
-        rows = x.view(x.shape[0], math.prod(x.shape[1:]))  # (not -1: an empty batch has no row size)
-        n = index.shape[0]
-        if is_large(n * rows.shape[1], x.dtype, x.device) and not (torch.is_grad_enabled() and x.requires_grad):
-            out = torch.index_select(rows, 0, index, out=fresh((n, rows.shape[1]), x.dtype, x.device))
-        else:
-            out = rows.index_select(0, index)
-        return out.view((n,) + x.shape[1:])
+    if x.ndim > 2 and x.is_contiguous() and not (torch.is_grad_enabled() and x.requires_grad):
+        n, per_row = index.shape[0], math.prod(x.shape[1:])  # (not -1: an empty batch has no row size)
+        if is_large(n * per_row, x.dtype, x.device):
+            rows = x.view(x.shape[0], per_row)
+            out = torch.index_select(rows, 0, index, out=fresh((n, per_row), x.dtype, x.device))
+            return out.view((n,) + x.shape[1:])
     return x.index_select(0, index)
 
 
