@@ -12,7 +12,6 @@ thresholds to compare both forms.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -31,8 +30,9 @@ ROW_LERP_MIN = 1 << 15
 
 def row_wise(view: Tensor) -> bool:
     """Whether :func:`lerp_rows` is the faster way to blend ``view``."""
-    # (an empty batch takes the batched forms, which handle it)
-    return view.device.type == "cpu" and view.ndim > 1 and view.shape[0] > 0 and math.prod(view.shape[1:]) >= ROW_LERP_MIN
+    # (an empty batch takes the batched forms, which handle it; the cheapest tests first)
+    b = view.shape[0] if view.ndim > 1 else 0
+    return b > 0 and view.numel() >= ROW_LERP_MIN * b and view.device.type == "cpu"
 
 
 def rows_without_grad(view: Tensor, *others: Tensor) -> bool:
