@@ -66,13 +66,18 @@ def _cut_boxes_numpy(lam: Tensor, spatial: Sequence[int], generator: torch.Gener
 
 
 def _centres(spatial: Sequence[int], n: int, generator: torch.Generator | None) -> np.ndarray:
-    """``(n, d)`` int64 box centres, uniform per dim: one ``randint`` of ``n`` draws per dim, in
+    """``(n, d)`` int64 box centres (:func:`_centre_draws`, as numpy)."""
+    return _centre_draws(spatial, n, generator).numpy().T
+
+
+def _centre_draws(spatial: Sequence[int], n: int, generator: torch.Generator | None) -> Tensor:
+    """``(d, n)`` int64 box centres, uniform per dim: one ``randint`` of ``n`` draws per dim, in
     dim order (equal sides: one call for all dims, the same draws)."""
     if not spatial:
-        return np.zeros((n, 0), dtype=np.int64)
+        return torch.zeros((0, n), dtype=torch.int64)
     if len(set(spatial)) == 1:
-        return rng.randint(0, spatial[0], (len(spatial), n), generator=generator).numpy().T
-    return np.stack([rng.randint(0, size, (n,), generator=generator).numpy() for size in spatial], axis=1)
+        return rng.randint(0, spatial[0], (len(spatial), n), generator=generator)
+    return torch.stack([rng.randint(0, size, (n,), generator=generator) for size in spatial])
 
 
 def _one_cut_box(lam: float, spatial: Sequence[int], generator: torch.Generator | None) -> Tensor:
@@ -87,10 +92,7 @@ def one_cut_row(lam: float, spatial: Sequence[int], generator: torch.Generator |
     share = min(max(1.0 - lam, 0.0), 1.0)
     # torch evaluates ``t ** 0.5`` as a square root and ``t ** 1.0`` as the identity
     ratio = math.sqrt(share) if d == 2 else share if d == 1 else share ** (1.0 / d)
-    if d and len(set(spatial)) == 1:  # _centres' draws, read straight from the tensor
-        centres = rng.randint(0, spatial[0], (d, 1), generator=generator).view(-1).tolist()
-    else:
-        centres = _centres(spatial, 1, generator)[0].tolist()
+    centres = _centre_draws(spatial, 1, generator).view(-1).tolist()
     starts, ends = [], []
     for size, centre in zip(spatial, centres):
         half = math.floor(ratio * size) // 2

@@ -104,14 +104,12 @@ def _narrow(t: Tensor, spans: Sequence[Span]) -> Tensor:
     otherwise, or where autograd records the view, one ``narrow`` per dim (which checks the
     range: a start past the end raises)."""
     if len(spans) > 1 and not (t.requires_grad and torch.is_grad_enabled()):
-        shape, strides, offset = list(t.shape), t.stride(), t.storage_offset()
+        shape = t.shape
         for dim, start, length in spans:
             if start < 0 or length < 0 or start + length > shape[dim]:
                 break
-            shape[dim] = length
-            offset += start * strides[dim]
         else:
-            return t.as_strided(shape, strides, offset)
+            return row_paths.box_as_strided(t, spans)
     for dim, start, length in spans:
         t = t.narrow(dim, start, length)
     return t

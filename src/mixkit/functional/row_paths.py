@@ -136,11 +136,19 @@ ROW_COPY_MIN_BYTES = 1 << 19
 def row_box(t: Tensor, row: int, spans: Sequence[Span]) -> Tensor:
     """The box ``spans`` (dims of the batch ``t``) of row ``row``, in one ``as_strided`` (a third
     of the calls of a ``select`` and a ``narrow`` per dim)."""
-    size, offset = list(t.shape[1:]), t.storage_offset() + row * t.stride(0)
+    return box_as_strided(t, spans, row)
+
+
+def box_as_strided(t: Tensor, spans: Sequence[Span], row: int | None = None) -> Tensor:
+    """The box ``spans`` of ``t`` as one ``as_strided`` view (of row ``row`` alone, that dim
+    dropped, if given). No range check: the caller knows the box lies inside ``t``."""
+    size, strides, offset = list(t.shape), t.stride(), t.storage_offset()
     for dim, start, length in spans:
-        size[dim - 1] = length
-        offset += start * t.stride(dim)
-    return t.as_strided(size, t.stride()[1:], offset)
+        size[dim] = length
+        offset += start * strides[dim]
+    if row is None:
+        return t.as_strided(size, strides, offset)
+    return t.as_strided(size[1:], strides[1:], offset + row * strides[0])
 
 
 def copy_box_cycles_(view: Tensor, partners: list[int], spans: Sequence[Span]) -> None:
