@@ -6,6 +6,7 @@ Usage:
     python bench/ab.py --ref HEAD --methods cutmix:batch --size 32 --dtype bfloat16 --backward
     python bench/ab.py --ref HEAD~1 --methods augmix:batch --size 32 --channels-last --normalize
     python bench/ab.py --ref HEAD~1 --methods cutmix:batch mixup:batch --size 32 --inplace
+    python bench/ab.py --ref HEAD~1 --methods augmix:batch --size 32 --normalize --channels-last --evict
 
 This machine's speed drifts by up to 2x within minutes, so timings from two processes (or two
 runs) of the same code can differ more than a change does. This script extracts ``src/mixkit``
@@ -67,8 +68,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--normalize", action="store_true",
                     help="give both sides CIFAR-10's input normalisation (set_input_normalization), as the "
                          "training engine and bench/overhead.py do; the batch stays torch.rand")
+    ap.add_argument("--evict", action="store_true",
+                    help="copy 32 MiB into another 32 MiB before each timed call (not timed), so that every call starts with the "
+                         "caches cold, as after a training step (bench/overhead.py's rounds)")
     ap.add_argument("--out", default=None, help="also write the results to this JSON file")
     return ap.parse_args(argv)
+
+
+def evictor(on: bool) -> object:
+    """A call that pushes the last-level cache out: a 32 MiB copy, 64 MiB touched (this machine's L3 is 32 MiB)."""
+    if not on:
+        return lambda: None
+    src, dst = torch.ones(8 << 20, dtype=torch.float32), torch.empty(8 << 20, dtype=torch.float32)
+    return lambda: dst.copy_(src)
 
 
 def load_ref(ref: str, into: Path) -> object:
@@ -129,8 +141,10 @@ def compare(name: str, mode: str, ref: object, args: argparse.Namespace) -> dict
     gens = {k: torch.Generator().manual_seed(2) for k in sides}
     times: dict[str, list[float]] = {k: [] for k in sides}
     faults: dict[str, list[int]] = {k: [] for k in sides}
+    evict = evictor(args.evict)
     for r in range(args.rounds):
         for k in ("ref", "new") if r % 2 else ("new", "ref"):
+            evict()
             start, flt = time.process_time(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             call(k, gens[k])
             times[k].append((time.process_time() - start) * 1000)
@@ -161,6 +175,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         result = {"command": "python bench/ab.py " + " ".join(argv if argv is not None else sys.argv[1:]),
                   "ref": args.ref, "input": [args.batch, 3, args.size, args.size], "dtype": args.dtype,
                   "channels_last": args.channels_last, "backward": args.backward, "inplace": args.inplace,
+                  "evict": args.evict,
                   "clock": "process CPU time, 1 thread", "rows": rows}
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=1) + "\n")

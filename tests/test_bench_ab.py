@@ -51,3 +51,15 @@ def test_ab_benchmark_in_place(tmp_path):
     assert json.loads((tmp_path / "ab.json").read_text())["inplace"] is True
     with pytest.raises(SystemExit, match="no inplace option"):
         ab.main(["--ref", "HEAD", "--methods", "fmix:batch", "--size", "8", "--batch", "4", "--rounds", "1", "--inplace"])
+
+
+@pytest.mark.skipif(not _in_git(), reason="needs the git repository")
+def test_ab_benchmark_with_cold_caches(tmp_path):
+    ab = load_bench("ab")
+    out = tmp_path / "ab.json"
+    rows = ab.main(["--ref", "HEAD", "--methods", "augmix:batch", "--size", "8", "--batch", "4", "--rounds", "2",
+                    "--evict", "--normalize", "--channels-last", "--out", str(out)])
+    assert rows[0]["same_output"] and rows[0]["new_ms"] > 0
+    assert json.loads(out.read_text())["evict"] is True
+    moved = ab.evictor(True)()  # the eviction itself: a 32 MiB copy, 64 MiB touched
+    assert moved.numel() * moved.element_size() == 32 << 20 and bool((moved == 1).all())

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from mixkit import rng
@@ -28,7 +29,6 @@ from mixkit.errors import HyperParameterError, ShapeError
 from mixkit.functional.alloc import fresh_like
 from mixkit.functional.augment_dispatch import run_kernels
 from mixkit.functional.augment_ops import _HALF, AUGMIX_OPS, _check_images, _check_ops, sample_ops
-from mixkit.functional.blend import take_rows
 
 __all__ = ["ChainDraws", "apply_chains", "augment_chains", "release_chain_buffer", "sample_chains"]
 
@@ -122,7 +122,7 @@ def apply_chains(x: Tensor, draws: ChainDraws, ops: Sequence[str] = AUGMIX_OPS, 
         raise ShapeError(f"draws are for {b} samples but x has batch size {x.shape[0]}")
     ops = _check_ops(ops)
     dtype = torch.float32 if x.dtype in _HALF else x.dtype
-    images_per_sample = 1 + (draws.ops >= 0).flatten(1).sum(dim=1)  # the sample, then its chains' images
+    images_per_sample = 2 + (draws.ops >= 0).flatten(1).sum(dim=1)  # the sample (clamped and not), its chains' images
     sample_bytes = math.prod(x.shape[1:]) * dtype.itemsize
     room = max(1, _CHAIN_KEEP_BYTES // sample_bytes)  # images the kept buffer holds
     chunks = _chunks(images_per_sample.tolist(), room) if x.device.type == "cpu" else [(0, b)]
@@ -168,17 +168,24 @@ def _chunks(images: list[int], room: int) -> list[tuple[int, int]]:
 
 def _mixture(x: Tensor, draws: ChainDraws, ops: tuple[str, ...], dtype: torch.dtype,
              normalization: tuple[Tensor, Tensor] | None) -> Tensor:
-    """:func:`apply_chains` on checked arguments, as a contiguous tensor of ``dtype``."""
+    """:func:`apply_chains` on checked arguments, as a contiguous tensor of ``dtype``.
+
+    The buffer holds the clamped pixels the chains start from (rows ``:B``), each step's
+    images, and the unclamped pixels last (the original's term of the mixture). The mixture
+    is one ``embedding_bag``: each sample's weighted sum of its four rows (the original and
+    its chains' last images), read once and written once; gathering each chain's images and
+    adding them in took seven passes over the batch, at memory speed once a training step has
+    evicted the buffer from the caches."""
     b, width, depth = draws.ops.shape
-    rows = b + int((draws.ops >= 0).sum())  # the batch, then each step's images
+    rows = 2 * b + int((draws.ops >= 0).sum())  # the chains' start, each step's images, the original
     images = _chain_buffer(rows * math.prod(x.shape[1:]), dtype, x.device).view((rows,) + tuple(x.shape[1:]))
+    pixels = images[rows - b :]
     if normalization is None:
-        images[:b] = x  # contiguous, whatever x's layout
+        pixels.copy_(x)  # contiguous, whatever x's layout
     else:
         mean, std = normalization
-        torch.mul(x, std, out=images[:b]).add_(mean)  # pixels = x * std + mean, written contiguous
-    out = images[:b] * upload(draws.m, x.device, dtype).view(-1, 1, 1, 1)
-    images[:b].clamp_(0.0, 1.0)
+        torch.mul(x, std, out=pixels).add_(mean)  # pixels = x * std + mean, written contiguous
+    torch.clamp(pixels, 0.0, 1.0, out=images[:b])
     latest = torch.arange(b * width) // width  # row of ``images`` holding each chain's latest image
     end = b
     for step in range(depth):
@@ -190,9 +197,10 @@ def _mixture(x: Tensor, draws: ChainDraws, ops: tuple[str, ...], dtype: torch.dt
             order = run_kernels(images, latest[live], op_index[live], magnitude, ops, images[end : end + n])
             latest[live[order]] = torch.arange(end, end + n)
             end += n
-    coef = upload(((1.0 - draws.m.unsqueeze(1)) * draws.weights), x.device, dtype)  # (B, width)
-    for i in range(width):
-        out.addcmul_(take_rows(images, latest[i::width]), coef[:, i].view(-1, 1, 1, 1))
+    sources = torch.cat((torch.arange(rows - b, rows).view(b, 1), latest.view(b, width)), dim=1)
+    weights = torch.cat((draws.m.unsqueeze(1), (1.0 - draws.m.unsqueeze(1)) * draws.weights), dim=1)
+    out = F.embedding_bag(upload(sources, x.device), images.view(rows, -1),
+                          per_sample_weights=upload(weights, x.device, dtype), mode="sum").view(x.shape)
     if normalization is not None:
         out.sub_(mean).div_(std)
     return out
@@ -200,7 +208,7 @@ def _mixture(x: Tensor, draws: ChainDraws, ops: tuple[str, ...], dtype: torch.dt
 
 _CHAINS = threading.local()
 #: largest chain buffer kept per thread between calls: larger batches are worked through a
-#: few samples at a time (16 MiB: a batch of 128 at 32x32 needs about 11 MB)
+#: few samples at a time (16 MiB: a batch of 128 at 32x32 needs about 12.5 MB)
 _CHAIN_KEEP_BYTES = 16 << 20
 
 
