@@ -382,3 +382,19 @@ def test_apply_chains_refuses_inputs_or_statistics_that_require_grad():
     with torch.no_grad():  # fine without autograd: the same values as with plain statistics
         got = apply_chains((x - 0.5) / 0.25, draws, normalization=(mean, std))
     assert torch.equal(got, apply_chains((x - 0.5) / 0.25, draws, normalization=(mean.detach(), std)))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_weighted_rows_embedding_bag_and_gathers_agree(dtype, monkeypatch):
+    from mixkit.functional import augment_chains
+
+    g = torch.Generator().manual_seed(0)
+    table = torch.rand(20, 48, generator=g, dtype=dtype)
+    sources = torch.randint(0, 20, (6, 4), generator=g)
+    weights = torch.rand(6, 4, generator=g, dtype=dtype)
+    want = sum(weights[:, j : j + 1] * table[sources[:, j]] for j in range(4))
+    fast = augment_chains.weighted_rows(table, sources, weights)
+    monkeypatch.setattr(augment_chains, "_CHAIN_KEEP_BYTES", 0)  # the gathers, as for a large table
+    slow = augment_chains.weighted_rows(table, sources, weights)
+    torch.testing.assert_close(fast, want, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(fast, slow, rtol=1e-6, atol=1e-7)  # summed in the same order (equal here)
