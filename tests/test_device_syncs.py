@@ -79,8 +79,31 @@ def test_mixing_moves_its_cpu_params_without_blocking(name, mode, meta_as_gpu):
     on_device, labels = x.to("meta"), y.to("meta")
     with _Copies() as copies:
         out = m.apply(on_device, params)
-        # RecursiveMix's target drops the history's unused sources: a data-dependent size
-        target = m.target(labels, params) if name != "recursivemix" else None
+        target = m.target(labels, params)  # RecursiveMix's compaction runs on the host: no read-back
     assert out.device.type == "meta" and out.shape == x.shape
-    assert target is None or (target.weight.device.type == "meta" and target.index.device.type == "meta")
+    assert target.weight.device.type == "meta" and target.index.device.type == "meta"
     assert all(c[:2] == ("cpu", "meta") and c[2] for c in copies.seen), copies.seen
+
+
+def test_recursive_target_with_a_history_reads_nothing_back(meta_as_gpu):
+    from mixkit.functional.recursive import extend_target
+    from mixkit.types import MixTarget
+
+    y = torch.arange(8, device="meta")
+    # a history as RecursiveMix keeps it: labels on the data's device, index and weight on the host
+    history = MixTarget(torch.arange(8, device="meta"), torch.tensor([[0, 3]] * 8), torch.tensor([[0.5, 0.5]] * 8))
+    with _Copies() as copies:
+        t = extend_target(y, torch.full((8,), 0.75, dtype=torch.float64), history, 8)
+    assert t.index.device.type == "meta" and t.weight.device.type == "meta" and t.labels.device.type == "meta"
+    assert t.index.shape == (8, 3) and t.labels.shape == (10,)  # y's 8 rows, then history rows 0 and 3
+    assert all(c[:2] == ("cpu", "meta") and c[2] for c in copies.seen), copies.seen
+
+
+def test_recursivemix_keeps_its_history_bookkeeping_on_the_host():
+    m = mixkit.create("recursivemix", num_classes=10)
+    x, y = torch.rand(8, 3, 16, 16, generator=gen(3)), torch.arange(8)
+    first = m(x, y, generator=gen(4))
+    second = m(x, y, generator=gen(5))
+    history = m.state_dict()
+    assert history["index"].device.type == "cpu" and torch.equal(history["index"], second.target.index)
+    assert torch.equal(history["weight"], second.target.weight) and first.target.index.shape[1] < history["index"].shape[1]

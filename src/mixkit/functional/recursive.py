@@ -177,9 +177,10 @@ def history_consistency(roi_logits: Tensor, history_logits: Tensor, weight: Tens
     return (weight.to(device=kl.device, dtype=work) * kl).mean()
 
 
-def _compact(labels: Tensor, index: Tensor, weight: Tensor, max_sources: int) -> tuple[Tensor, Tensor, Tensor]:
+def _compact(index: Tensor, weight: Tensor, max_sources: int) -> tuple[Tensor, Tensor, Tensor]:
     """Drop sources of zero weight, fold those past ``max_sources`` into the last kept one,
-    and keep only the label rows still referenced (the current batch's rows stay first)."""
+    and number the label rows still referenced (the current batch's rows stay first): the
+    rows used, the index into them and the weights (CPU tensors)."""
     keep = (weight != 0).any(dim=0)
     keep[0] = True
     index, weight = index[:, keep], weight[:, keep]
@@ -188,13 +189,18 @@ def _compact(labels: Tensor, index: Tensor, weight: Tensor, max_sources: int) ->
         weight = torch.cat([weight[:, : max_sources - 1], tail], dim=1)
         index = index[:, :max_sources]
     used, inverse = torch.unique(index, return_inverse=True)
-    return labels[used], inverse, weight
+    return used, inverse, weight
 
 
 def extend_target(
     y: Tensor, lam: Tensor, history: MixTarget | None, num_classes: int | None = None, max_sources: int = 16
 ) -> MixTarget:
     """The recursive target ``lam * y + (1 - lam) * history``, one column per source.
+
+    The bookkeeping (which sources and label rows are still used: sizes that depend on the
+    values) runs on the CPU, whatever ``y``'s device: on a GPU it would make the host wait at
+    every call. ``lam`` and ``history``'s index and weight are best given as CPU tensors
+    (:class:`~mixkit.methods.RecursiveMix` keeps its history's so); device ones are read back.
 
     Args:
         y: integer labels ``(B,)`` or soft labels ``(B, K)`` of the current batch.
@@ -205,17 +211,28 @@ def extend_target(
 
     Returns:
         A :class:`MixTarget` whose labels are ``y`` followed by the historical labels still
-        used; ``index[:, 0]`` is the sample itself, with weight ``lam``.
+        used; ``index[:, 0]`` is the sample itself, with weight ``lam``. Its tensors are on
+        ``y``'s device.
     """
+    labels, index, weight = extend_target_host(y, lam, history, max_sources)
+    return MixTarget(labels, upload(index, y.device), upload(weight, y.device), num_classes)
+
+
+def extend_target_host(
+    y: Tensor, lam: Tensor, history: MixTarget | None, max_sources: int = 16
+) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`extend_target`'s labels (on ``y``'s device) with its index and weight still on
+    the CPU."""
     b, dev = y.shape[0], y.device
     dtype = torch.float64 if y.dtype == torch.float64 else torch.float32
-    own = torch.arange(b, device=dev).unsqueeze(1)
+    own = torch.arange(b).unsqueeze(1)
     if history is None:
-        labels, h_index, h_weight = y, own, torch.ones(b, 1, dtype=dtype, device=dev)
+        labels, h_index, h_weight = y, own, torch.ones(b, 1, dtype=dtype)
     else:
-        h = history.to(dev)
-        labels, h_index, h_weight = torch.cat([y, h.labels.to(y.dtype)]), h.index + b, h.weight.to(dtype)
-    lam = upload(lam, dev, dtype).unsqueeze(1)
+        labels = torch.cat([y, history.labels.to(device=dev, dtype=y.dtype)])
+        h_index, h_weight = history.index.cpu() + b, history.weight.to(device="cpu", dtype=dtype)
+    lam = lam.detach().to(device="cpu", dtype=dtype).unsqueeze(1)
     index = torch.cat([own, h_index], dim=1)
     weight = torch.cat([lam, (1 - lam) * h_weight], dim=1)
-    return MixTarget(*_compact(labels, index, weight, max_sources), num_classes)
+    used, inverse, weight = _compact(index, weight, max_sources)
+    return labels[upload(used, dev)], inverse, weight

@@ -28,6 +28,7 @@ from mixkit.functional.alloc import fresh_copy
 from mixkit.functional.boxes import box_fraction, sample_cut_boxes
 from mixkit.functional.recursive import (
     extend_target,
+    extend_target_host,
     history_consistency,
     paste_history,
     roi_average,
@@ -154,6 +155,7 @@ class RecursiveMix(MixMethod):
         self._images: Tensor | None = None
         self._target: MixTarget | None = None
         self._logits: Tensor | None = None
+        self._host_target: tuple[Tensor, Tensor] | None = None  # the last target's index and weight, on the CPU
 
     def epoch_end(self, model: nn.Module) -> dict[str, float]:
         """The engine calls this after each epoch: with ``epoch_reset`` the next epoch starts
@@ -218,14 +220,18 @@ class RecursiveMix(MixMethod):
     def target(self, y: Tensor, params: BoxParams) -> MixTarget:
         if not isinstance(params, RecursiveParams):
             raise TypeError(f"RecursiveMix needs RecursiveParams, got {type(params).__name__}")
-        return extend_target(y, params.lam, params.history_target, self.num_classes, self.max_sources)
+        labels, index, weight = extend_target_host(y, params.lam, params.history_target, self.max_sources)
+        self._host_target = (index, weight)  # kept as the next history's (no read-back from a GPU)
+        return MixTarget(labels, upload(index, y.device), upload(weight, y.device), self.num_classes)
 
     def __call__(self, x: Tensor, y: Tensor, *, generator: torch.Generator | None = None) -> MixOutput:
         """Mix with the history, then keep the output and its target as the next history."""
         out = super().__call__(x, y, generator=generator)
         t = out.target
         self._images = fresh_copy(out.x.detach())  # a pooled block for large batches (no page faults)
-        self._target = MixTarget(t.labels.detach().clone(), t.index.clone(), t.weight.clone(), t.num_classes)
+        host, self._host_target = self._host_target, None
+        index, weight = host if host is not None and host[0].shape == t.index.shape else (t.index, t.weight)
+        self._target = MixTarget(t.labels.detach().clone(), index.clone(), weight.clone(), t.num_classes)
         self._logits = None
         return out
 
