@@ -300,6 +300,10 @@ def test_show_checkpoint_draws_the_snapshots(tmp_path, capsys):
         main(["show", "--method", "samix", "--checkpoint", str(tmp_path / "nope.pt")])
 
 
+FASHION = "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"
+
+
+@pytest.mark.skipif(not __import__("os").path.exists(FASHION), reason="Fashion-MNIST not installed (make data)")
 def test_cli_save_mixer_then_samix_p_with_mixer_flag_then_show(tmp_path, capsys):
     pytest.importorskip("matplotlib")
     from mixkit import cli
@@ -319,7 +323,6 @@ def test_cli_save_mixer_then_samix_p_with_mixer_flag_then_show(tmp_path, capsys)
     assert picture.stat().st_size > 5000
 
 
-FASHION = "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"
 
 
 class _SmallNet(torch.nn.Module):
