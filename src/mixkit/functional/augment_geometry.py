@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from mixkit._device import upload
+from mixkit.functional.row_paths import box_as_strided
 
 __all__ = ["GEOMETRIC_OPS", "affine_matrices", "translate", "warp"]
 
@@ -96,12 +97,18 @@ def translate(x: Tensor, shift: Tensor, axis: int, out: Tensor) -> None:
     shift, as the dispatcher passes them, take one copy per distinct shift.
     """
     size = x.shape[axis]
-    values, counts = torch.unique_consecutive(shift, return_counts=True)
+    # runs of equal shifts, found in numpy (a few hundred numbers: cheaper than torch calls);
+    # shifts are whole numbers, so truncating to int64 is torch's .long()
+    shifts = shift.detach().to(device="cpu", dtype=torch.float64).numpy().astype(np.int64)
     out.zero_()
-    start = 0
-    for s, count in zip(values.long().tolist(), counts.tolist(), strict=True):
-        kept = max(size - abs(s), 0)
-        if kept:
-            dest, src = out[start : start + count], x[start : start + count]
-            dest.narrow(axis, max(-s, 0), kept).copy_(src.narrow(axis, max(s, 0), kept))
-        start += count
+    if not len(shifts):
+        return
+    edges = np.flatnonzero(np.diff(shifts)) + 1
+    starts = [0, *edges.tolist()]
+    stops = [*edges.tolist(), len(shifts)]
+    for start, stop, s in zip(starts, stops, shifts[starts].tolist(), strict=True):
+        kept = size - abs(s)
+        if kept > 0 and stop > start:  # each side's block in one view: the rows, then the kept run
+            rows = (0, start, stop - start)
+            box_as_strided(out, (rows, (axis, max(-s, 0), kept))).copy_(
+                box_as_strided(x, (rows, (axis, max(s, 0), kept))))
