@@ -172,10 +172,9 @@ def _mixture(x: Tensor, draws: ChainDraws, ops: tuple[str, ...], dtype: torch.dt
 
     The buffer holds the clamped pixels the chains start from (rows ``:B``), each step's
     images, and the unclamped pixels last (the original's term of the mixture). The mixture
-    is one ``embedding_bag``: each sample's weighted sum of its four rows (the original and
-    its chains' last images), read once and written once; gathering each chain's images and
-    adding them in took seven passes over the batch, at memory speed once a training step has
-    evicted the buffer from the caches."""
+    is one ``embedding_bag`` (:func:`weighted_rows`): each sample's weighted sum of its four
+    rows (the original and its chains' last images), read once and written once, where three
+    row gathers and four passes over the batch did it before (the same values)."""
     b, width, depth = draws.ops.shape
     rows = 2 * b + int((draws.ops >= 0).sum())  # the chains' start, each step's images, the original
     images = _chain_buffer(rows * math.prod(x.shape[1:]), dtype, x.device).view((rows,) + tuple(x.shape[1:]))
