@@ -339,3 +339,11 @@ def test_interrupted_training_run_resumes_exactly(tmp_path):
     wb = torch.load(Path(b.out) / "checkpoint.pt", weights_only=False)
     assert all(torch.equal(wa["model"][k], wb["model"][k]) for k in wa["model"])
     assert all(torch.equal(wa["method"][k], wb["method"][k]) for k in wa["method"])
+
+
+def test_extend_target_keeps_a_learned_lambdas_gradient():
+    lam = torch.tensor([0.75, 0.5], requires_grad=True)
+    t = extend_target(torch.tensor([1, 2]), lam, None, 4)
+    assert t.weight.requires_grad
+    (t.weight[:, 0] * torch.tensor([1.0, 2.0])).sum().backward()  # column 0: the sample itself, weight lam
+    assert torch.equal(lam.grad, torch.tensor([1.0, 2.0]))

@@ -79,3 +79,14 @@ def test_values_beyond_float32_range_half_inputs_and_a_float64_default():
         assert torch.equal(top_count_mask(flat, num), _reference(flat, num))
     finally:
         torch.set_default_dtype(default)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_non_contiguous_rows_of_every_size(dtype):
+    g = torch.Generator().manual_seed(3)
+    for n, total in ((3, 3000), (2, 100), (1, 20000)):
+        flat = torch.randn(total, n, generator=g).to(dtype).t()  # rows with a stride
+        num = torch.randint(0, total + 1, (n,), generator=g)
+        got = top_count_mask(flat, num)
+        assert got.sum(dim=1).tolist() == num.tolist()
+        assert torch.equal(got, top_count_mask(flat.contiguous(), num))

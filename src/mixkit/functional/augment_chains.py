@@ -207,14 +207,15 @@ def _mixture(x: Tensor, draws: ChainDraws, ops: tuple[str, ...], dtype: torch.dt
 def weighted_rows(table: Tensor, sources: Tensor, weights: Tensor) -> Tensor:
     """``out[i] = sum_j weights[i, j] * table[sources[i, j]]``, summed in ``j`` order.
 
-    One ``embedding_bag`` (each source row read once, each result written once) for float32
-    tables up to ``_CHAIN_KEEP_BYTES`` and off the CPU. On the CPU its float64 kernel is
-    several times slower than a row gather and ``addcmul`` per source, and so is its float32
-    kernel once the table outgrows the caches (tens of MB: 195 against 48 us per 600 KB
-    row): those take the gathers (the same sums, in the same order).
+    One ``embedding_bag`` (each source row read once, each result written once) on CUDA and
+    for float32 tables up to ``_CHAIN_KEEP_BYTES`` on the CPU. On the CPU its float64 kernel
+    is several times slower than a row gather and ``addcmul`` per source, and so is its
+    float32 kernel once the table outgrows the caches (tens of MB: 195 against 48 us per
+    600 KB row); other devices may lack the kernel (MPS before torch 2.10): those take the
+    gathers (the same sums, in the same order).
     """
-    if table.device.type != "cpu" or (table.dtype == torch.float32
-                                      and table.numel() * table.element_size() <= _CHAIN_KEEP_BYTES):
+    if table.device.type == "cuda" or (table.device.type == "cpu" and table.dtype == torch.float32
+                                       and table.numel() * table.element_size() <= _CHAIN_KEEP_BYTES):
         return F.embedding_bag(sources, table, per_sample_weights=weights, mode="sum")
     out = table.index_select(0, sources[:, 0]) * weights[:, :1]
     for j in range(1, sources.shape[1]):

@@ -10,7 +10,6 @@ Follows Yun et al., "CutMix" (ICCV 2019; github.com/clovaai/CutMix-PyTorch).
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -74,7 +73,7 @@ def box_weight(
     n, c, spatial = boxes.shape[0], shape[1], tuple(shape[2:])
     boxes = upload(boxes, device)
     # every axis's profile in one set of ops: (N, d, longest side), 1 where start <= pos < end
-    pos = _positions(max(spatial, default=0), boxes.device)
+    pos = torch.arange(max(spatial, default=0), device=boxes.device)
     bounds = boxes.reshape(n, 2, d, 1)
     profiles = torch.ge(pos, bounds[:, 0]).logical_and_(torch.lt(pos, bounds[:, 1])).to(dtype)
     out = None
@@ -89,12 +88,6 @@ def box_weight(
         out = hit if out is None else out * hit
     assert out is not None
     return out
-
-
-@functools.lru_cache(maxsize=32)
-def _positions(size: int, device: torch.device) -> Tensor:
-    """``arange(size)`` (int64) on ``device``, shared between calls (read only)."""
-    return torch.arange(size, device=device)
 
 
 Span = row_paths.Span  # (dim, start, length) of a box along one dim of a tensor

@@ -138,6 +138,7 @@ def top_count_mask(flat: Tensor, num: Tensor) -> Tensor:
         order = torch.argsort(flat, dim=1, descending=True)
         by_rank = torch.arange(total, device=flat.device) < num.unsqueeze(1)
         return torch.zeros(flat.shape, dtype=torch.bool, device=flat.device).scatter_(1, order, by_rank)
+    flat = flat.contiguous()  # the bucketed path views its rows flat
     thr, at_least = _cut_values(flat, num)
     mask = flat >= thr.unsqueeze(1)
     extra = at_least - num

@@ -231,7 +231,7 @@ def extend_target_host(
     else:
         labels = torch.cat([y, history.labels.to(device=dev, dtype=y.dtype)])
         h_index, h_weight = history.index.cpu() + b, history.weight.to(device="cpu", dtype=dtype)
-    lam = lam.detach().to(device="cpu", dtype=dtype).unsqueeze(1)
+    lam = lam.to(device="cpu", dtype=dtype).unsqueeze(1)  # differentiable: a learned lam keeps its gradient
     index = torch.cat([own, h_index], dim=1)
     weight = torch.cat([lam, (1 - lam) * h_weight], dim=1)
     used, inverse, weight = _compact(index, weight, max_sources)
