@@ -8,6 +8,10 @@ environment (``.bench-venv``, made by ``make bench-ops``)::
 
     PYTHONPATH=src .bench-venv/bin/python bench/vs_timm.py --op cutmix --size 32 --dtype bfloat16
     PYTHONPATH=src .bench-venv/bin/python bench/vs_timm.py --op mixup --size 32 --inplace
+    PYTHONPATH=src .bench-venv/bin/python bench/vs_timm.py --op mixup --size 32 --inplace --evict
+
+``--evict`` copies 32 MiB before each library's call (untimed), so that both start with cold
+caches, as in ``bench/ops.py``'s rounds.
 """
 
 from __future__ import annotations
@@ -34,6 +38,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--mode", choices=("batch", "elem"), default="batch")
     ap.add_argument("--inplace", action="store_true", help="both libraries in place, each on a tensor of its own")
     ap.add_argument("--calls", type=int, default=2000)
+    ap.add_argument("--evict", action="store_true",
+                    help="copy 32 MiB before each call (not timed): every call starts with cold caches, as in "
+                         "bench/ops.py's rounds and after a training step")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -56,18 +63,24 @@ def main(argv: list[str] | None = None) -> dict:
         theirs(x)
         mine(x)
     t_theirs, t_mine, ratios = [], [], []
+    src, dst = (torch.ones(8 << 20), torch.empty(8 << 20)) if args.evict else (None, None)
     for _ in range(args.calls):
+        if dst is not None:
+            dst.copy_(src)
         a = time.perf_counter()
         theirs(x)
         b = time.perf_counter()
+        if dst is not None:
+            dst.copy_(src)
+        b0 = time.perf_counter()
         mine(x)
         c = time.perf_counter()
         t_theirs.append(b - a)
-        t_mine.append(c - b)
-        ratios.append((c - b) / (b - a))
+        t_mine.append(c - b0)
+        ratios.append((c - b0) / (b - a))
     out = {"timm_us": statistics.median(t_theirs) * 1e6, "mixkit_us": statistics.median(t_mine) * 1e6,
            "ratio": statistics.median(ratios)}
-    where = "in place" if args.inplace else "out of place"
+    where = ("in place" if args.inplace else "out of place") + (", cold caches" if args.evict else "")
     print(f"{args.op} {args.size} {args.dtype} {args.mode} {where}: timm {out['timm_us']:.0f} us, "
           f"mixkit {out['mixkit_us']:.0f} us, mixkit / timm {out['ratio']:.3f} (median of {args.calls} paired calls)")
     return out
