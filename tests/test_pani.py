@@ -75,6 +75,43 @@ def test_chunked_search_equals_one_block(monkeypatch):
     assert torch.equal(fp.nearest_patches(x, peers, 2, 5), whole)
 
 
+@pytest.mark.parametrize(("s", "m", "q", "k", "group"), [(1, 640, 64, 5, 8), (3, 2560, 256, 10, 16), (2, 96, 7, 1, 12), (1, 60, 5, 6, 10)])
+def test_smallest_columns_equals_topk(s, m, q, k, group):
+    dist = torch.randn(s, m, q, generator=gen(7)) * 3 - 1  # negative and positive values
+    got = fp.smallest_columns(dist, k, group)
+    assert torch.equal(got, dist.topk(k, dim=1, largest=False).indices)
+
+
+def test_smallest_columns_with_ties_picks_the_smallest_values():
+    dist = torch.randint(0, 6, (2, 120, 33), generator=gen(8)).float()  # many ties, zeros included
+    dist[0, :, 0] = 2.0  # a column of one value
+    dist[1, 17:, 1] = -float("inf")  # infinite values count as the smallest
+    dist[1, :30, 2] = float("nan")  # NaN as the largest, as for topk
+    got = fp.smallest_columns(dist, 7, 10)
+    assert got.shape == (2, 7, 33) and got.dtype == torch.int64
+    for row in got.transpose(1, 2).reshape(-1, 7):
+        assert len(set(row.tolist())) == 7  # no row twice
+    torch.testing.assert_close(dist.gather(1, got), dist.topk(7, dim=1, largest=False).values)
+
+
+def test_grouped_search_matches_the_brute_force():
+    x = torch.rand(12, 3, 16, 16, generator=gen(9))
+    peers = _peers(12, 10, gen(10))
+    assert fp._groups(10 * 64, 5) is not None  # the grouped selection runs here
+    got = fp.nearest_patches(x, peers, 2, 5)
+    want = _brute_force(x, peers, 2, 5, "euclidean")
+    u = fp.to_patches(x, 2).double().reshape(12 * 64, -1)
+    query = u.view(12, 64, 1, -1)
+    torch.testing.assert_close((u[got] - query).norm(dim=-1), (u[want] - query).norm(dim=-1), rtol=1e-5, atol=1e-6)
+    assert (got == want).float().mean() > 0.99  # the same ids but for (rare) float32 near-ties
+
+
+def test_selection_falls_back_to_topk_where_groups_do_not_pay():
+    assert fp._groups(27, 4) is None  # few candidates
+    assert fp._groups(2 * 1009, 10) is None  # no useful divisor
+    assert fp._groups(2560, 10) == 16
+
+
 def test_peers_are_distinct_others_drawn_uniformly():
     counts = torch.zeros(6, 6)
     for seed in range(300):
