@@ -41,6 +41,26 @@ def test_each_patch_is_the_hand_computed_interpolation():
     assert torch.equal(out[2], x[2])  # lam = 1: the sample as is, exactly
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize(("size", "s"), [(16, 2), (10, 3)])
+def test_interpolation_equals_k_gathers_in_every_dtype_and_layout(dtype, channels_last, size, s):
+    x = torch.rand(6, 3, size, size, generator=gen(11)).to(dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    gh, gw = fp.patch_grid((size, size), s)
+    nb = torch.randint(0, 6 * gh * gw, (6, gh * gw, 4), generator=gen(12))
+    lam = torch.rand(6, dtype=torch.float64, generator=gen(13))
+    out = fp.interpolate_patches(x, nb, lam, s)
+    u = fp.to_patches(x, s)  # float32 for half inputs
+    acc = torch.zeros_like(u)
+    for j in range(4):  # the K gathers, added one by one
+        acc += u.reshape(-1, u.shape[2])[nb[:, :, j].reshape(-1)].view(u.shape)
+    want = fp.from_patches(torch.lerp(acc / 4, u, lam.to(u.dtype).view(6, 1, 1)), tuple(x.shape), s).to(dtype)
+    assert torch.equal(out, want)  # the same sums, in the same order
+    assert out.dtype == dtype and out.stride() == x.stride()
+
+
 def _brute_force(x, peers, s, k, metric):
     u = fp.to_patches(x, s).double()
     if metric == "cosine":

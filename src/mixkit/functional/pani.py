@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mixkit._device import upload
-from mixkit.functional.blend import match_format
+from mixkit.functional.alloc import fresh, fresh_like
 
 __all__ = [
     "from_patches",
@@ -58,10 +58,13 @@ def to_patches(x: Tensor, patch_size: int) -> Tensor:
     b, c, h, w = x.shape
     s = patch_size
     gh, gw = patch_grid((h, w), s)
-    work = _work(x)
+    work = x
     if (gh * s, gw * s) != (h, w):
-        work = F.pad(work, (0, gw * s - w, 0, gh * s - h), mode="replicate")
-    return work.reshape(b, c, gh, s, gw, s).permute(0, 2, 4, 1, 3, 5).reshape(b, gh * gw, c * s * s)
+        work = F.pad(_work(x), (0, gw * s - w, 0, gh * s - h), mode="replicate")
+    # one copy (half converted on the way) into memory kept from call to call when large
+    out = fresh((b, gh * gw, c * s * s), torch.float32 if x.dtype in _HALF else x.dtype, x.device)
+    out.view(b, gh, gw, c, s, s).copy_(work.reshape(b, c, gh, s, gw, s).permute(0, 2, 4, 1, 3, 5))
+    return out
 
 
 def from_patches(patches: Tensor, shape: tuple[int, ...], patch_size: int) -> Tensor:
@@ -114,12 +117,20 @@ def nearest_patches(x: Tensor, peers: Tensor, patch_size: int, k: int, *, metric
         b, n, d = u.shape
         peers = upload(peers, x.device)
         m = peers.shape[1]
-        keys = torch.cat([-2.0 * u, u.square().sum(-1, keepdim=True)], dim=2)  # [-2 k, |k|^2]
+        keys = fresh((b, n, d + 1), u.dtype, u.device)  # [-2 k, |k|^2]
+        torch.mul(u, -2.0, out=keys[:, :, :d])
+        rows = max(1, (1 << 20) // max(1, n * d))  # the squares a few samples at a time
+        for start in range(0, b, rows):
+            torch.sum(u[start : start + rows].square(), dim=-1, out=keys[start : start + rows, :, d])
         groups = _groups(m * n, k) if u.device.type == "cpu" and u.dtype == torch.float32 else None
         if groups is None:
-            query = torch.cat([u, u.new_ones(b, n, 1)], dim=2)  # [q, 1]
+            query = fresh((b, n, d + 1), u.dtype, u.device)  # [q, 1]
+            query[:, :, :d].copy_(u)
+            query[:, :, d].fill_(1.0)
         else:  # columns: the distances come out (candidates, queries), queries innermost
-            query = torch.cat([u.transpose(1, 2), u.new_ones(b, 1, n)], dim=1)
+            query = fresh((b, d + 1, n), u.dtype, u.device)
+            query[:, :d].copy_(u.transpose(1, 2))
+            query[:, d].fill_(1.0)
         del u
         block = _BLOCK if groups is None else _CPU_BLOCK
         step = max(1, block // max(1, m * n * max(n, d + 1)))
@@ -219,14 +230,24 @@ def interpolate_patches(x: Tensor, neighbours: Tensor, lam: Tensor, patch_size: 
     """
     u = to_patches(x, patch_size)
     b, n, d = u.shape
-    flat = u.reshape(b * n, d)
     nb = upload(neighbours, x.device)
-    acc = torch.zeros_like(u)
-    for j in range(nb.shape[2]):  # K gathers of one batch each: no (B, P, K, D) tensor
-        acc += flat.index_select(0, nb[:, :, j].reshape(-1)).view(b, n, d)
-    mean = acc / nb.shape[2]
-    mixed = torch.lerp(mean, u, upload(lam, x.device, u.dtype).view(b, 1, 1))
-    return match_format(from_patches(mixed, tuple(x.shape), patch_size).to(x.dtype), x)
+    k = nb.shape[2]
+    # each patch's K neighbours summed in one pass (the same sums, in the same order, as K
+    # gathers added one by one, without their K batch-sized temporaries; 6x faster at 224 x 224)
+    total = F.embedding_bag(nb.reshape(b * n, k), u.reshape(b * n, d), mode="sum")
+    w = upload(lam, x.device, u.dtype).view(b, 1, 1)
+    if torch.is_grad_enabled() and (u.requires_grad or w.requires_grad):
+        mixed = torch.lerp(torch.div(total, k).view(b, n, d), u, w)
+    else:  # the same values, in the sums' own memory
+        mixed = total.div_(k).view(b, n, d).lerp_(u, w)
+    # written once, into x's dtype and memory format (kept memory when large)
+    out = fresh_like(x)
+    c, h, w, s = x.shape[1], x.shape[2], x.shape[3], patch_size
+    gh, gw = patch_grid((h, w), s)
+    if (gh * s, gw * s) != (h, w):  # padded: the grid's image, cropped
+        return out.copy_(from_patches(mixed, tuple(x.shape), s))
+    out.view(b, c, gh, s, gw, s).copy_(mixed.view(b, gh, gw, c, s, s).permute(0, 3, 1, 4, 2, 5))
+    return out
 
 
 def source_weights(neighbours: Tensor, peers: Tensor, lam: Tensor, shares: Tensor) -> Tensor:

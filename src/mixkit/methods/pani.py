@@ -95,7 +95,7 @@ class PaniMixup(MixMethod):
     ``m * P`` distances for each of the ``B * P`` patches, so small patches on large images
     are slow (the default keeps 16 x 16 patches per image: at batch 128 and one thread, about
     0.18 s of CPU at 32 x 32, where selecting the top-k among 84 M distances takes more time
-    than the products, and several seconds at 224 x 224, where the products dominate; on the
+    than the products, and about 2 s at 224 x 224, where the products dominate; on the
     CPU the selection is :func:`~mixkit.functional.pani.smallest_columns`, about twice as fast
     as ``topk``).
 
