@@ -61,6 +61,18 @@ def test_interpolation_equals_k_gathers_in_every_dtype_and_layout(dtype, channel
     assert out.dtype == dtype and out.stride() == x.stride()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_neighbour_sums_equal_the_gathers_of_other_devices(dtype):
+    rows = torch.randn(50, 7, generator=gen(14)).to(dtype).requires_grad_()
+    nb = torch.randint(0, 50, (40, 5), generator=gen(15))
+    got, want = fp.neighbour_sums(rows, nb), fp._gathered_sums(rows, nb)
+    assert torch.equal(got, want)
+    g = torch.randn(40, 7, generator=gen(16)).to(dtype)
+    (ga,) = torch.autograd.grad(got, rows, g)
+    (gb,) = torch.autograd.grad(want, rows, g)
+    torch.testing.assert_close(ga, gb)  # scatter-adds of the same terms (order may differ)
+
+
 def _brute_force(x, peers, s, k, metric):
     u = fp.to_patches(x, s).double()
     if metric == "cosine":

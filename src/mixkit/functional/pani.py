@@ -25,7 +25,9 @@ from mixkit.functional.alloc import fresh, fresh_like
 __all__ = [
     "from_patches",
     "interpolate_patches",
+    "neighbour_sums",
     "nearest_patches",
+    "smallest_columns",
     "patch_grid",
     "patch_shares",
     "source_weights",
@@ -232,14 +234,12 @@ def interpolate_patches(x: Tensor, neighbours: Tensor, lam: Tensor, patch_size: 
     b, n, d = u.shape
     nb = upload(neighbours, x.device)
     k = nb.shape[2]
-    # each patch's K neighbours summed in one pass (the same sums, in the same order, as K
-    # gathers added one by one, without their K batch-sized temporaries; 6x faster at 224 x 224)
-    total = F.embedding_bag(nb.reshape(b * n, k), u.reshape(b * n, d), mode="sum")
-    w = upload(lam, x.device, u.dtype).view(b, 1, 1)
-    if torch.is_grad_enabled() and (u.requires_grad or w.requires_grad):
-        mixed = torch.lerp(torch.div(total, k).view(b, n, d), u, w)
+    total = neighbour_sums(u.reshape(b * n, d), nb.reshape(b * n, k))
+    weight = upload(lam, x.device, u.dtype).view(b, 1, 1)
+    if torch.is_grad_enabled() and (u.requires_grad or weight.requires_grad):
+        mixed = torch.lerp(torch.div(total, k).view(b, n, d), u, weight)
     else:  # the same values, in the sums' own memory
-        mixed = total.div_(k).view(b, n, d).lerp_(u, w)
+        mixed = total.div_(k).view(b, n, d).lerp_(u, weight)
     # written once, into x's dtype and memory format (kept memory when large)
     out = fresh_like(x)
     c, h, w, s = x.shape[1], x.shape[2], x.shape[3], patch_size
@@ -247,6 +247,27 @@ def interpolate_patches(x: Tensor, neighbours: Tensor, lam: Tensor, patch_size: 
     if (gh * s, gw * s) != (h, w):  # padded: the grid's image, cropped
         return out.copy_(from_patches(mixed, tuple(x.shape), s))
     out.view(b, c, gh, s, gw, s).copy_(mixed.view(b, gh, gw, c, s, s).permute(0, 3, 1, 4, 2, 5))
+    return out
+
+
+def neighbour_sums(rows: Tensor, neighbours: Tensor) -> Tensor:
+    """``out[i] = sum_j rows[neighbours[i, j]]``, added in ``j`` order (a new tensor).
+
+    One ``embedding_bag`` on the CPU and CUDA: each neighbour read once and each sum written
+    once, where ``K`` row gathers added one by one make ``K`` temporaries of the batch's size
+    (6x slower at 224 x 224 here); the same sums, in the same order. Other devices may lack
+    the kernel (MPS before torch 2.10): they take the gathers.
+    """
+    if rows.device.type in ("cpu", "cuda"):
+        return F.embedding_bag(neighbours, rows, mode="sum")
+    return _gathered_sums(rows, neighbours)
+
+
+def _gathered_sums(rows: Tensor, neighbours: Tensor) -> Tensor:
+    """:func:`neighbour_sums` by ``K`` row gathers."""
+    out = rows.index_select(0, neighbours[:, 0])
+    for j in range(1, neighbours.shape[1]):
+        out = out + rows.index_select(0, neighbours[:, j])
     return out
 
 
