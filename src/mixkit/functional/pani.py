@@ -13,6 +13,7 @@ patch grid), so one ``(B, P, K)`` int64 tensor of neighbours drives both the mix
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -157,6 +158,7 @@ def nearest_patches(x: Tensor, peers: Tensor, patch_size: int, k: int, *, metric
 _FREE_BITS = 29
 
 
+@functools.lru_cache(maxsize=64)
 def _groups(m: int, k: int) -> int | None:
     """The group size :func:`smallest_columns` uses for ``m`` candidates and ``k`` picks, or
     ``None`` where plain ``topk`` is the better choice (few candidates, no divisor that makes
