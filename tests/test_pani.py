@@ -138,6 +138,15 @@ def test_grouped_search_matches_the_brute_force():
     assert (got == want).float().mean() > 0.99  # the same ids but for (rare) float32 near-ties
 
 
+def test_grouped_search_in_query_chunks_equals_one_block(monkeypatch):
+    x = torch.rand(12, 3, 16, 16, generator=gen(17))
+    peers = _peers(12, 10, gen(18))
+    assert fp._groups(10 * 64, 5) is not None
+    whole = fp.nearest_patches(x, peers, 2, 5)
+    monkeypatch.setattr(fp, "_CPU_BLOCK", 10 * 64 * 24)  # 24 query patches per product: 3 chunks, the last of 16
+    assert torch.equal(fp.nearest_patches(x, peers, 2, 5), whole)
+
+
 def test_selection_falls_back_to_topk_where_groups_do_not_pay():
     assert fp._groups(27, 4) is None  # few candidates
     assert fp._groups(2 * 1009, 10) is None  # no useful divisor

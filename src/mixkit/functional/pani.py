@@ -98,8 +98,8 @@ def nearest_patches(x: Tensor, peers: Tensor, patch_size: int, k: int, *, metric
     Distances are Euclidean between flattened patches (``metric="cosine"``: between patches
     scaled to unit norm, which ranks as cosine similarity), in float32 (float64 for float64
     input). The ranking uses ``|k|^2 - 2 q.k`` (the query's own norm does not change it), one
-    batched product per block of samples; blocks hold a few samples, so the distances stay in
-    cache and memory stays bounded whatever the image size; there is no loop over patches.
+    batched product per block of samples; blocks hold a few samples (or a few of one sample's
+    patches), so the distances stay in cache and memory stays bounded whatever the image size.
     On the CPU, float32 distances are ranked by :func:`smallest_columns` (exact; several times
     faster than ``topk`` there); elsewhere by ``topk``.
 
@@ -137,18 +137,26 @@ def nearest_patches(x: Tensor, peers: Tensor, patch_size: int, k: int, *, metric
         del u
         block = _BLOCK if groups is None else _CPU_BLOCK
         step = max(1, block // max(1, m * n * max(n, d + 1)))
+        # a sample's own block too is bounded: its queries a few at a time (small patches on
+        # large images)
+        width = n if m * n * n <= block else max(1, block // (m * n))
         parts, buffer = [], None
         for start in range(0, b, step):
             rows = peers[start : start + step]
             cand = keys.index_select(0, rows.reshape(-1)).view(rows.shape[0], m * n, d + 1)
-            if groups is None:
-                dist = torch.bmm(query[start : start + step], cand.transpose(1, 2))  # (g, P, m * P)
-                col = dist.topk(k, dim=-1, largest=False).indices  # columns slot * P + j
-            else:  # (g, m * P, P), into one buffer reused from block to block (stays in cache)
-                if buffer is None or buffer.shape[0] != rows.shape[0]:
-                    buffer = torch.empty(rows.shape[0], m * n, n)
-                dist = torch.bmm(cand, query[start : start + step], out=buffer)
-                col = smallest_columns(dist, k, groups).transpose(1, 2)
+            cols = []
+            for first in range(0, n, width):
+                last = min(n, first + width)
+                if groups is None:  # (g, queries, m * P)
+                    dist = torch.bmm(query[start : start + step, first:last], cand.transpose(1, 2))
+                    cols.append(dist.topk(k, dim=-1, largest=False).indices)  # columns slot * P + j
+                else:  # (g, m * P, queries), into one buffer reused from block to block (stays in cache)
+                    shape = (rows.shape[0], m * n, last - first)
+                    if buffer is None or buffer.shape != shape:
+                        buffer = torch.empty(shape)
+                    dist = torch.bmm(cand, query[start : start + step, :, first:last], out=buffer)
+                    cols.append(smallest_columns(dist, k, groups).transpose(1, 2))
+            col = cols[0] if len(cols) == 1 else torch.cat(cols, dim=1)
             parts.append(rows.gather(1, (col // n).flatten(1)).view(col.shape) * n + col % n)
         return torch.cat(parts)
 
