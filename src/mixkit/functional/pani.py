@@ -120,20 +120,8 @@ def nearest_patches(x: Tensor, peers: Tensor, patch_size: int, k: int, *, metric
         b, n, d = u.shape
         peers = upload(peers, x.device)
         m = peers.shape[1]
-        keys = fresh((b, n, d + 1), u.dtype, u.device)  # [-2 k, |k|^2]
-        torch.mul(u, -2.0, out=keys[:, :, :d])
-        rows = max(1, (1 << 20) // max(1, n * d))  # the squares a few samples at a time
-        for start in range(0, b, rows):
-            torch.sum(u[start : start + rows].square(), dim=-1, out=keys[start : start + rows, :, d])
         groups = _groups(m * n, k) if u.device.type == "cpu" and u.dtype == torch.float32 else None
-        if groups is None:
-            query = fresh((b, n, d + 1), u.dtype, u.device)  # [q, 1]
-            query[:, :, :d].copy_(u)
-            query[:, :, d].fill_(1.0)
-        else:  # columns: the distances come out (candidates, queries), queries innermost
-            query = fresh((b, d + 1, n), u.dtype, u.device)
-            query[:, :d].copy_(u.transpose(1, 2))
-            query[:, d].fill_(1.0)
+        keys, query = _keys_and_queries(u, columns=groups is not None)
         del u
         block = _BLOCK if groups is None else _CPU_BLOCK
         step = max(1, block // max(1, m * n * max(n, d + 1)))
@@ -159,6 +147,29 @@ def nearest_patches(x: Tensor, peers: Tensor, patch_size: int, k: int, *, metric
             col = cols[0] if len(cols) == 1 else torch.cat(cols, dim=1)
             parts.append(rows.gather(1, (col // n).flatten(1)).view(col.shape) * n + col % n)
         return torch.cat(parts)
+
+
+def _keys_and_queries(u: Tensor, *, columns: bool) -> tuple[Tensor, Tensor]:
+    """``[-2 u, |u|^2]`` ``(B, P, D + 1)`` and ``[u, 1]``, so that a key row times a query
+    row is a squared distance up to the query's own norm: ``(B, P, D + 1)``, or ``(B, D + 1,
+    P)`` with ``columns`` (the distances then come out (candidates, queries), queries
+    innermost). Both in kept memory when large; the squares are taken a few samples at a time
+    (no batch-sized temporary)."""
+    b, n, d = u.shape
+    keys = fresh((b, n, d + 1), u.dtype, u.device)
+    torch.mul(u, -2.0, out=keys[:, :, :d])
+    chunk = max(1, (1 << 20) // max(1, n * d))
+    for start in range(0, b, chunk):
+        torch.sum(u[start : start + chunk].square(), dim=-1, out=keys[start : start + chunk, :, d])
+    if not columns:
+        query = fresh((b, n, d + 1), u.dtype, u.device)
+        query[:, :, :d].copy_(u)
+        query[:, :, d].fill_(1.0)
+    else:
+        query = fresh((b, d + 1, n), u.dtype, u.device)
+        query[:, :d].copy_(u.transpose(1, 2))
+        query[:, d].fill_(1.0)
+    return keys, query
 
 
 #: bits of a float32 value converted to float64 that are always 0 (the low mantissa bits),
