@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from mixkit import rng
+from mixkit.functional.fastmath import log2_
 from mixkit.functional.layout import match_format
 
 __all__ = ["additive_mix", "mixing_coefficients", "multiplicative_mix"]
@@ -40,7 +41,8 @@ def multiplicative_mix(img1: Tensor, img2: Tensor, a: Tensor, b: Tensor) -> Tens
 
     Computed as one ``2^(a log2 img1 + b log2 max(img2, 5e-38) + a + b - 1)``: the
     vectorised ``log2`` and ``exp2`` kernels are several times faster than two elementwise
-    ``pow`` with per-sample exponents (about 4x on the CPU). The result is within a few
+    ``pow`` with per-sample exponents (about 4x on the CPU; float32 on the CPU takes NumPy's
+    ``log2``, :func:`mixkit.functional.fastmath.log2_`, 4x faster again). The result is within a few
     parts per million of the correctly rounded powers. As with ``pow``, ``0^a`` is 0 for
     ``a > 0`` and ``img1^0`` is 1 (rows whose ``a`` underflowed to 0, where ``0 * log2 0``
     would be NaN).
@@ -60,12 +62,12 @@ def _additive(img1: Tensor, img2: Tensor, a: Tensor, b: Tensor, *, in_place: boo
 def _multiplicative(img1: Tensor, img2: Tensor, a: Tensor, b: Tensor, *, in_place: bool) -> Tensor:
     """:func:`multiplicative_mix`; ``in_place``: written into ``img1``, with ``img2`` used as
     scratch (both gathered copies the caller owns)."""
-    power = torch.log2(img1, out=img1 if in_place else None).mul_(a)
+    power = log2_(img1 if in_place else img1.clone()).mul_(a)
     zero = a == 0
     if a.device.type != "cpu" or bool(zero.any()):  # (on a device: no wait for the test)
         power.masked_fill_(zero, 0.0)
     floor = img2.clamp_min_(5e-38) if in_place else img2.clamp_min(5e-38)
-    power.addcmul_(torch.log2(floor, out=floor if in_place else None), b)
+    power.addcmul_(log2_(floor), b)
     return power.add_(a + b - 1).exp2_()
 
 
