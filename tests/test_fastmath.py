@@ -6,7 +6,7 @@ import warnings
 import pytest
 import torch
 
-from mixkit.functional.fastmath import log2_
+from mixkit.functional.fastmath import log2_, many_zeros, power_
 
 
 def _ulps(got, ref64):
@@ -76,3 +76,44 @@ def test_tensor_needing_a_gradient_takes_torch_and_differentiates():
     assert torch.equal(y.detach(), torch.log2(x.detach()))
     y.sum().backward()
     torch.testing.assert_close(x.grad, 1 / (x.detach() * math.log(2)))
+
+
+def test_power_matches_pow_and_keeps_zeros_exact():
+    g = torch.Generator().manual_seed(5)
+    x = torch.rand(4, 3, 16, 16, generator=g)
+    x[torch.rand(x.shape, generator=g) < 0.5] = 0.0  # half zeros: the detour around log2's slow path
+    x[0, 0, 0, :4] = torch.tensor([1e-45, 1e-40, 1.2e-38, 1.0])
+    for e in (2.4, 1.0 / 3.0, 0.5):
+        got = power_(x.clone(), e)
+        assert bool((got[x == 0] == 0).all())  # 0 stays 0
+        if e < 1:
+            assert bool((got[x > 0] > 0).all())  # tiny positives (denormals too) stay positive
+        torch.testing.assert_close(got.double(), x.double() ** e, rtol=5e-6, atol=1e-37)  # (a denormal base: 2.8e-6)
+        assert torch.equal(power_(x.contiguous(memory_format=torch.channels_last), e), got)
+
+
+def test_power_other_dtypes_and_gradients_take_torch():
+    x = torch.rand(100, generator=torch.Generator().manual_seed(6)).double()
+    assert torch.equal(power_(x.clone(), 2.4), x.log2().mul(2.4).exp2())
+    leaf = (x.float() + 0.5).requires_grad_()
+    power_(leaf.clone(), 0.5).sum().backward()
+    torch.testing.assert_close(leaf.grad, 0.5 / leaf.detach().sqrt())
+
+
+def test_many_zeros_estimate_and_both_paths_give_the_same_values():
+    g = torch.Generator().manual_seed(7)
+    x = torch.rand(64, 3, 32, 32, generator=g) + 0.01
+    assert not many_zeros(x)
+    heavy = x.clone()
+    heavy[torch.rand(x.shape, generator=g) < 0.3] = 0.0
+    assert many_zeros(heavy)
+    assert many_zeros(heavy.transpose(2, 3))  # not contiguous: the detour, always right
+    light = x.clone()
+    light[torch.rand(x.shape, generator=g) < 0.005] = 0.0  # half a percent
+    assert not many_zeros(light)
+    for e in (2.4, 1.0 / 3.0):
+        detour = power_(heavy.clone(), e)  # zeros raised, then masked
+        direct = power_(x.clone(), e)  # no zeros: log2 straight
+        nonzero = heavy != 0
+        assert torch.equal(detour[nonzero], direct[nonzero])
+        assert bool((detour[~nonzero] == 0).all())

@@ -108,6 +108,24 @@ def test_mixings_match_the_reference_formulas(a, b):
         np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-6)
 
 
+def test_multiplicative_mixing_with_many_zeros_and_zero_weights():
+    """Zeros take a detour around log2's slow path: 0^a stays 0, rows with a = 0 give
+    img1^0 = 1 even at 0, and the in-place form gives the same values bit for bit."""
+    from mixkit.functional.pixmix_mixing import _multiplicative_mix_
+
+    g = gen(8)
+    x1, x2 = torch.rand(4, 3, 6, 7, generator=g), torch.rand(4, 3, 6, 7, generator=g)
+    x1[torch.rand(x1.shape, generator=g) < 0.5] = 0.0
+    a = torch.tensor([0.7, 1.3, 0.0, 1.9]).view(4, 1, 1, 1)
+    b = torch.tensor([0.2, -0.4, 0.9, -0.01]).view(4, 1, 1, 1)
+    got = multiplicative_mix(x1, x2, a, b)
+    want = ref_multiply(x1.numpy(), x2.numpy(), a.numpy(), b.numpy())
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-6)
+    assert torch.equal(got[[0, 1, 3]] == 0, x1[[0, 1, 3]] == 0)
+    assert bool((got[2] > 0).all())
+    assert torch.equal(_multiplicative_mix_(x1.clone(), x2.clone(), a, b), got)
+
+
 def test_mixings_do_not_depend_on_the_layouts():
     """channels_last images mixed with contiguous partners (as PixMix does), per-row weights."""
     g = gen(7)

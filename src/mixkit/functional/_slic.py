@@ -26,7 +26,7 @@ import threading
 import torch
 from torch import Tensor
 from mixkit._device import upload
-from mixkit.functional.fastmath import log2_
+from mixkit.functional.fastmath import log2_, power_
 
 #: sRGB (D65) to XYZ, and the D65 white point (the matrix and white scikit-image uses).
 RGB_TO_XYZ = ((0.412453, 0.357580, 0.180423), (0.212671, 0.715160, 0.072169), (0.019334, 0.119193, 0.950227))
@@ -131,7 +131,8 @@ def lab_into(rgb: Tensor, out: Tensor, ws: Workspace) -> None:
         lin = torch.clamp(lin, 0.0, 1.0, out=ws.like("lin", lin))
     low = torch.le(lin, 0.04045, out=ws.like("low", lin))
     lo = torch.div(lin, 12.92, out=ws.like("lo", lin))
-    log2_(lin.add_(0.055).div_(1.055)).mul_(2.4).exp2_().lerp_(lo, low)  # superpixels._power
+    # superpixels._power's values; no zeros here (>= 0.052), so no detour around them
+    log2_(lin.add_(0.055).div_(1.055)).mul_(2.4).exp2_().lerp_(lo, low)
     if memory_format(lin) == torch.channels_last:  # channels apart, for unit-stride planes
         lin = ws.get("planar", tuple(lin.shape)).copy_(lin)
     order = sorted(range(3), key=lambda d: -lin[:, 0].stride(d))  # a plane's memory order
@@ -143,7 +144,7 @@ def lab_into(rgb: Tensor, out: Tensor, ws: Workspace) -> None:
     small = torch.le(t, 0.008856, out=ws.get("small", t.shape))
     linear = torch.mul(t, 7.787, out=ws.get("linear", t.shape)).add_(16.0 / 116.0)
     for plane in t:
-        log2_(plane).mul_(1.0 / 3.0).exp2_()  # superpixels._power
+        power_(plane, 1.0 / 3.0)  # superpixels._power
     fx, fy, fz = t.lerp_(linear, small)
     torch.mul(fy, 116.0, out=out[:, 0].permute(order)).sub_(16.0)
     torch.sub(fx, fy, out=out[:, 1].permute(order)).mul_(500.0)

@@ -14,7 +14,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["log2_"]
+__all__ = ["SMALLEST", "log2_", "many_zeros", "power_"]
+
+#: the smallest positive float32 (a denormal), whose ``log2`` is exactly -149: zeros are
+#: raised to it before a ``log2``, which takes a slow path at 0 in the CPU kernels (torch's
+#: and NumPy's: 4-15x slower on a batch with many zeros, e.g. black backgrounds)
+SMALLEST = 2.0**-149
 
 
 def log2_(t: Tensor) -> Tensor:
@@ -32,3 +37,34 @@ def log2_(t: Tensor) -> Tensor:
     with np.errstate(divide="ignore", invalid="ignore"):  # log2(0) = -inf and log2(-1) = NaN, as torch's
         np.log2(a, out=a)
     return t
+
+
+def power_(t: Tensor, exponent: float) -> Tensor:
+    """``t ** exponent`` in place for ``t >= 0`` and ``exponent > 0``, as
+    ``2^(exponent log2 t)`` (the vectorised ``log2`` and ``exp2`` kernels take about a third of
+    the time of ``pow`` with a fractional exponent on the CPU), within a few units in the
+    last place; ``0`` stays ``0``.
+
+    On the float32 CPU path (:func:`log2_`'s), zeros are first raised to :data:`SMALLEST`
+    and their results multiplied by ``sign(t)`` (0) at the end: the same values, without the
+    kernels' slow path at 0 (three more passes over ``t``: taken when :func:`many_zeros`
+    finds a 25th of zeros or more; a twentieth breaks even). Only for work tensors the caller
+    owns.
+    """
+    if t.device.type != "cpu" or t.dtype != torch.float32 or t.requires_grad or t.layout != torch.strided:
+        return t.log2_().mul_(exponent).exp2_()
+    if not many_zeros(t):
+        return log2_(t).mul_(exponent).exp2_()
+    keep = torch.sign(t)
+    return log2_(t.clamp_min_(SMALLEST)).mul_(exponent).exp2_().mul_(keep)
+
+
+def many_zeros(t: Tensor) -> bool:
+    """Whether about a 25th or more of ``t``'s elements are 0, judged on about 1,024 of them
+    evenly spaced (a non-contiguous ``t``: ``True``). It only picks the faster of two ways to
+    the same values, so an estimate is enough."""
+    if not t.is_contiguous():
+        return True
+    flat = t.view(-1)
+    sample = flat[:: (flat.numel() // 1024) | 1]  # (an odd step: less aliasing with image rows)
+    return int(torch.count_nonzero(sample)) * 25 < sample.numel() * 24

@@ -35,7 +35,7 @@ from torch import Tensor
 from mixkit._device import upload
 from mixkit.errors import HyperParameterError, ShapeError
 from mixkit.functional import _slic
-from mixkit.functional.fastmath import log2_
+from mixkit.functional.fastmath import power_
 
 __all__ = [
     "paint_segments",
@@ -49,11 +49,8 @@ __all__ = [
 
 
 def _power(t: Tensor, exponent: float) -> Tensor:
-    """``t ** exponent`` for ``t >= 0``, in place, as ``2^(exponent * log2 t)``: the vectorised
-    ``log2`` and ``exp2`` kernels take about a third of the time of ``pow`` with a fractional
-    exponent on the CPU (float32 there takes NumPy's faster ``log2``:
-    :func:`mixkit.functional.fastmath.log2_`), within a few units in the last place (0 stays 0)."""
-    return log2_(t).mul_(exponent).exp2_()
+    """``t ** exponent`` for ``t >= 0``, in place: :func:`mixkit.functional.fastmath.power_`."""
+    return power_(t, exponent)
 
 
 def rgb_to_lab(rgb: Tensor) -> Tensor:
