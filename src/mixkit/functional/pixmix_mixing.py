@@ -64,7 +64,7 @@ def _multiplicative(img1: Tensor, img2: Tensor, a: Tensor, b: Tensor, *, in_plac
     scratch (both gathered copies the caller owns)."""
     zero = a == 0
     zero_rows = a.device.type != "cpu" or bool(zero.any())  # (on a device: no wait for the test)
-    # log2 of 0 takes a slow path in the CPU kernels (4-15x; a clamped batch may have many
+    # log2 of 0 takes a slow path in the CPU kernels (up to 18x; a clamped batch may have many
     # zeros: black backgrounds, clipped extrapolations), so zeros become the smallest float32
     # (2^-149, log2 exact) and their outputs are zeroed at the end by ``img1``'s sign (0 or 1;
     # the power stays finite, under 2^126); rows with ``a == 0`` keep ``img1^0 = 1``
