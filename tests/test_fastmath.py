@@ -6,7 +6,7 @@ import warnings
 import pytest
 import torch
 
-from mixkit.functional.fastmath import log2_, many_zeros, power_
+from mixkit.functional.fastmath import SMALLEST, log2_, many_zeros, numpy_path, power_, raise_zeros_
 
 
 def _ulps(got, ref64):
@@ -117,3 +117,18 @@ def test_many_zeros_estimate_and_both_paths_give_the_same_values():
         nonzero = heavy != 0
         assert torch.equal(detour[nonzero], direct[nonzero])
         assert bool((detour[~nonzero] == 0).all())
+
+
+def test_raise_zeros_only_where_it_pays():
+    g = torch.Generator().manual_seed(8)
+    x = torch.rand(8, 3, 16, 16, generator=g) + 0.01
+    assert raise_zeros_(x) is None  # no zeros: untouched
+    heavy = x.clone()
+    heavy[:, :, :8] = 0.0
+    work = heavy.clone()
+    keep = raise_zeros_(work)
+    assert torch.equal(keep, (heavy > 0).float())
+    assert torch.equal(work, heavy.clamp_min(SMALLEST)) and math.log2(SMALLEST) == -149
+    for t in (heavy.double(), heavy.clone().requires_grad_()):
+        assert not numpy_path(t) and raise_zeros_(t) is None
+    assert numpy_path(heavy) and not numpy_path(heavy.to_sparse())

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["SMALLEST", "log2_", "many_zeros", "power_"]
+__all__ = ["SMALLEST", "log2_", "many_zeros", "numpy_path", "power_", "raise_zeros_"]
 
 #: the smallest positive float32 (a denormal), whose ``log2`` is exactly -149: zeros are
 #: raised to it before a ``log2``, which takes a slow path at 0 in the CPU kernels (torch's
@@ -22,16 +22,22 @@ __all__ = ["SMALLEST", "log2_", "many_zeros", "power_"]
 SMALLEST = 2.0**-149
 
 
+def numpy_path(t: Tensor) -> bool:
+    """Whether :func:`log2_` takes NumPy's kernel for ``t``: a float32 strided CPU tensor that
+    autograd does not follow."""
+    return t.device.type == "cpu" and t.dtype == torch.float32 and not t.requires_grad and t.layout == torch.strided
+
+
 def log2_(t: Tensor) -> Tensor:
-    """``t.log2_()``: a float32 CPU tensor that autograd does not follow goes through NumPy's
-    ``log2`` in place (any strides, no copy; see the module doc), others through torch.
+    """``t.log2_()``: through NumPy's ``log2`` in place where :func:`numpy_path` (any strides,
+    no copy; see the module doc), through torch's otherwise.
 
     Only for work tensors the caller owns: NumPy's write does not advance the tensor's version
     counter, so autograd could not tell that a tensor it saved was overwritten (the torch path
     runs for every tensor that requires a gradient). Values may differ from torch's
     ``log2`` by a unit or two in the last place; they do not depend on the layout or size.
     """
-    if t.device.type != "cpu" or t.dtype != torch.float32 or t.requires_grad or t.layout != torch.strided:
+    if not numpy_path(t):
         return t.log2_()
     a = t.numpy()
     with np.errstate(divide="ignore", invalid="ignore"):  # log2(0) = -inf and log2(-1) = NaN, as torch's
@@ -39,24 +45,29 @@ def log2_(t: Tensor) -> Tensor:
     return t
 
 
+def raise_zeros_(t: Tensor) -> Tensor | None:
+    """Before a ``log2`` of ``t >= 0`` on :func:`numpy_path` with :func:`many_zeros`: zeros
+    raised to :data:`SMALLEST` in place, and ``sign(t)`` (0 at the zeros, 1 elsewhere)
+    returned, for the caller to multiply the final result by. Elsewhere ``None``, ``t``
+    untouched. Three more passes over ``t``, which pay from about 2% zeros
+    (``python bench/fastmath.py``); the results are the same either way."""
+    if not (numpy_path(t) and many_zeros(t)):
+        return None
+    keep = torch.sign(t)
+    t.clamp_min_(SMALLEST)
+    return keep
+
+
 def power_(t: Tensor, exponent: float) -> Tensor:
     """``t ** exponent`` in place for ``t >= 0`` and ``exponent > 0``, as
     ``2^(exponent log2 t)`` (the vectorised ``log2`` and ``exp2`` kernels take about a third of
     the time of ``pow`` with a fractional exponent on the CPU), within a few units in the
-    last place; ``0`` stays ``0``.
-
-    On the float32 CPU path (:func:`log2_`'s), zeros are first raised to :data:`SMALLEST`
-    and their results multiplied by ``sign(t)`` (0) at the end: the same values, without the
-    kernels' slow path at 0 (three more passes over ``t``: taken when :func:`many_zeros`
-    finds a 25th of zeros or more; a twentieth breaks even). Only for work tensors the caller
-    owns.
+    last place; ``0`` stays ``0`` (around ``log2``'s slow path at 0: :func:`raise_zeros_`).
+    Only for work tensors the caller owns.
     """
-    if t.device.type != "cpu" or t.dtype != torch.float32 or t.requires_grad or t.layout != torch.strided:
-        return t.log2_().mul_(exponent).exp2_()
-    if not many_zeros(t):
-        return log2_(t).mul_(exponent).exp2_()
-    keep = torch.sign(t)
-    return log2_(t.clamp_min_(SMALLEST)).mul_(exponent).exp2_().mul_(keep)
+    keep = raise_zeros_(t)
+    out = log2_(t).mul_(exponent).exp2_()
+    return out if keep is None else out.mul_(keep)
 
 
 def many_zeros(t: Tensor) -> bool:

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from mixkit import rng
-from mixkit.functional.fastmath import SMALLEST, log2_, many_zeros
+from mixkit.functional.fastmath import log2_, raise_zeros_
 from mixkit.functional.layout import match_format
 
 __all__ = ["additive_mix", "mixing_coefficients", "multiplicative_mix"]
@@ -64,27 +64,21 @@ def _multiplicative(img1: Tensor, img2: Tensor, a: Tensor, b: Tensor, *, in_plac
     scratch (both gathered copies the caller owns)."""
     zero = a == 0
     zero_rows = a.device.type != "cpu" or bool(zero.any())  # (on a device: no wait for the test)
+    base = img1 if in_place else img1.clone()
     # log2 of 0 takes a slow path in the CPU kernels (up to 18x; a clamped batch may have many
-    # zeros: black backgrounds, clipped extrapolations), so zeros become the smallest float32
-    # (2^-149, log2 exact) and their outputs are zeroed at the end by ``img1``'s sign (0 or 1;
-    # the power stays finite, under 2^126); rows with ``a == 0`` keep ``img1^0 = 1``
-    keep = torch.sign(img1) if _cpu_float32(img1) and many_zeros(img1) else None
-    if keep is not None:
-        img1 = img1.clamp_min_(SMALLEST) if in_place else img1.clamp_min(SMALLEST)
-        if zero_rows:
-            keep.masked_fill_(zero, 1.0)
-    power = log2_(img1 if in_place or keep is not None else img1.clone()).mul_(a)
+    # zeros: black backgrounds, clipped extrapolations): zeros may be raised to 2^-149 and their
+    # outputs zeroed by ``keep`` at the end (the power stays finite, under 2^126); rows with
+    # ``a == 0`` keep ``img1^0 = 1``
+    keep = raise_zeros_(base)
+    if keep is not None and zero_rows:
+        keep.masked_fill_(zero, 1.0)
+    power = log2_(base).mul_(a)
     if zero_rows:
         power.masked_fill_(zero, 0.0)
     floor = img2.clamp_min_(5e-38) if in_place else img2.clamp_min(5e-38)
     power.addcmul_(log2_(floor), b)
     out = power.add_(a + b - 1).exp2_()
     return out if keep is None else out.mul_(keep)
-
-
-def _cpu_float32(t: Tensor) -> bool:
-    """Whether ``t`` takes :func:`~mixkit.functional.fastmath.log2_`'s NumPy path."""
-    return t.device.type == "cpu" and t.dtype == torch.float32 and not t.requires_grad
 
 
 def _additive_mix_(img1: Tensor, img2: Tensor, a: Tensor, b: Tensor) -> Tensor:
