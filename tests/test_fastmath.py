@@ -132,3 +132,10 @@ def test_raise_zeros_only_where_it_pays():
     for t in (heavy.double(), heavy.clone().requires_grad_()):
         assert not numpy_path(t) and raise_zeros_(t) is None
     assert numpy_path(heavy) and not numpy_path(heavy.to_sparse())
+
+
+def test_expanded_tensor_raises_as_torch_does():
+    base = torch.rand(1, 4) + 1.0
+    with pytest.raises(RuntimeError, match="more than one element"):
+        log2_(base.expand(3, 4))
+    assert not numpy_path(base.expand(3, 4)) and numpy_path(base.expand(1, 4))

@@ -24,8 +24,10 @@ SMALLEST = 2.0**-149
 
 def numpy_path(t: Tensor) -> bool:
     """Whether :func:`log2_` takes NumPy's kernel for ``t``: a float32 strided CPU tensor that
-    autograd does not follow."""
-    return t.device.type == "cpu" and t.dtype == torch.float32 and not t.requires_grad and t.layout == torch.strided
+    autograd does not follow, no element of which shares memory with another through a zero
+    stride (an ``expand``: torch's in-place ops refuse those with an error, which stays)."""
+    return (t.device.type == "cpu" and t.dtype == torch.float32 and not t.requires_grad
+            and t.layout == torch.strided and all(s or n < 2 for s, n in zip(t.stride(), t.shape)))
 
 
 def log2_(t: Tensor) -> Tensor:
