@@ -7,6 +7,7 @@ Usage:
     python bench/ab.py --ref HEAD~1 --methods augmix:batch --size 32 --channels-last --normalize
     python bench/ab.py --ref HEAD~1 --methods cutmix:batch mixup:batch --size 32 --inplace
     python bench/ab.py --ref HEAD~1 --methods augmix:batch --size 32 --normalize --channels-last --evict
+    python bench/ab.py --ref HEAD~1 --methods pixmix:batch --data fashion_mnist --normalize --channels-last
 
 This machine's speed drifts by up to 2x within minutes, so timings from two processes (or two
 runs) of the same code can differ more than a change does. This script extracts ``src/mixkit``
@@ -48,7 +49,7 @@ sys.path.insert(0, str(ROOT / "src"))
 import ops_stats  # noqa: E402
 
 import mixkit  # noqa: E402
-from mixkit.data import dataset_stats  # noqa: E402
+from mixkit.data import dataset_stats, load_dataset  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -66,8 +67,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                          "overwritten at every call, and the call includes the dense target (.soft()), as "
                          "bench/ops.py's in-place columns")
     ap.add_argument("--normalize", action="store_true",
-                    help="give both sides CIFAR-10's input normalisation (set_input_normalization), as the "
-                         "training engine and bench/overhead.py do; the batch stays torch.rand")
+                    help="give both sides an input normalisation (set_input_normalization), as the training engine and "
+                         "bench/overhead.py do: CIFAR-10's, the batch staying torch.rand; with --data, that data set's")
+    ap.add_argument("--data", default=None, choices=("fashion_mnist", "cifar10"),
+                    help="mix real images instead of torch.rand: --batch test images evenly spaced through the "
+                         "split, at their own size (--size is ignored), with their labels; with --normalize, "
+                         "normalised by that data set's statistics, which both sides are given")
     ap.add_argument("--evict", action="store_true",
                     help="copy 32 MiB into another 32 MiB before each timed call (not timed), so that every call starts with the "
                          "caches cold, as after a training step (bench/overhead.py's rounds)")
@@ -103,12 +108,33 @@ def load_ref(ref: str, into: Path) -> object:
     return mixkit_ref
 
 
-def compare(name: str, mode: str, ref: object, args: argparse.Namespace) -> dict:
-    g = torch.Generator().manual_seed(0)
-    x = torch.rand(args.batch, 3, args.size, args.size, generator=g).to(getattr(torch, args.dtype))
+def make_batch(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor, object]:
+    """The batch, its labels and the normalisation the methods get (``--normalize``):
+    ``torch.rand`` with CIFAR-10's statistics, or ``--data``'s test images (normalised by its own)."""
+    dtype = getattr(torch, args.dtype)
+    if args.data is None:
+        g = torch.Generator().manual_seed(0)
+        x = torch.rand(args.batch, 3, args.size, args.size, generator=g).to(dtype)
+        y = torch.randint(0, 10, (args.batch,), generator=g)
+        stats = dataset_stats("cifar10")
+    else:
+        data = load_dataset(args.data, split="test")
+        if len(data) < args.batch:
+            raise SystemExit(f"--data {args.data}: {len(data)} test images, fewer than --batch {args.batch}")
+        rows = torch.arange(args.batch) * (len(data) // args.batch)  # evenly spaced: every class
+        x, y = data.images[rows].float().div_(255), data.labels[rows]
+        stats = dataset_stats(args.data)
+        if args.normalize:
+            mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in stats)
+            x = x.sub_(mean).div_(std)
+        x = x.to(dtype)
     if args.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 10, (args.batch,), generator=g)
+    return x, y, stats
+
+
+def compare(name: str, mode: str, ref: object, args: argparse.Namespace) -> dict:
+    x, y, stats = make_batch(args)
     opts = {"mode": mode} if "mode" in mixkit.method_info(name).defaults else {}
     if args.inplace:
         if "inplace" not in mixkit.method_info(name).defaults:
@@ -118,7 +144,6 @@ def compare(name: str, mode: str, ref: object, args: argparse.Namespace) -> dict
         opts.update(inplace=True, num_classes=10)
     sides = {"ref": ref.create(name, **opts), "new": mixkit.create(name, **opts)}  # type: ignore[attr-defined]
     if args.normalize:
-        stats = dataset_stats("cifar10")
         for method in sides.values():
             method.set_input_normalization(*stats)
     leaves = {k: x.detach().clone().requires_grad_() for k in sides} if args.backward else {k: x for k in sides}
@@ -173,7 +198,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                   f"  page faults/call ref {row['ref_faults']:.0f} new {row['new_faults']:.0f}", flush=True)
     if args.out:
         result = {"command": "python bench/ab.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-                  "ref": args.ref, "input": [args.batch, 3, args.size, args.size], "dtype": args.dtype,
+                  "ref": args.ref, "input": [args.batch, 3, args.size, args.size] if args.data is None else args.data,
+                  "dtype": args.dtype,
                   "channels_last": args.channels_last, "backward": args.backward, "inplace": args.inplace,
                   "evict": args.evict,
                   "clock": "process CPU time, 1 thread", "rows": rows}

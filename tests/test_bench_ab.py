@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import load_bench
 
@@ -63,3 +64,25 @@ def test_ab_benchmark_with_cold_caches(tmp_path):
     assert json.loads(out.read_text())["evict"] is True
     moved = ab.evictor(True)()  # the eviction itself: a 32 MiB copy, 64 MiB touched
     assert moved.numel() * moved.element_size() == 32 << 20 and bool((moved == 1).all())
+
+
+def test_ab_batch_of_real_images():
+    ab = load_bench("ab")
+    from mixkit.data import load_dataset
+
+    try:
+        data = load_dataset("fashion_mnist", split="test")
+    except (FileNotFoundError, OSError) as err:  # no Debian package, cache or network
+        pytest.skip(f"Fashion-MNIST not available: {err}")
+    args = ab.parse_args(["--ref", "HEAD", "--methods", "pixmix", "--data", "fashion_mnist", "--normalize",
+                          "--batch", "20", "--channels-last"])
+    x, y, stats = ab.make_batch(args)
+    rows = torch.arange(20) * (len(data) // 20)
+    want = (data.images[rows].float() / 255 - stats[0][0]) / stats[1][0]
+    assert stats == ((0.286,), (0.353,)) and x.shape == (20, 1, 28, 28)
+    assert x.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(x, want)
+    assert torch.equal(y, data.labels[rows]) and len(set(y.tolist())) == 10  # every class
+    x, y, stats = ab.make_batch(ab.parse_args(["--ref", "HEAD", "--methods", "mixup", "--size", "8", "--batch", "4"]))
+    g = torch.Generator().manual_seed(0)
+    assert torch.equal(x, torch.rand(4, 3, 8, 8, generator=g)) and stats[0] == (0.4914, 0.4822, 0.4465)
