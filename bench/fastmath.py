@@ -4,10 +4,15 @@ and ``power_``, on the CPU, interleaved call by call.
 Usage:
     python bench/fastmath.py                      # bench/results/fastmath.json
     python bench/fastmath.py --sizes 196608 --zeros 0 0.1 --calls 300
+    python bench/fastmath.py --survey             # also torch against NumPy on other kernels
 
 Each case times, on the same values (uniform in (0, 1], a share ``--zeros`` of them set to 0,
 at random places), a fresh copy into a work tensor followed by the operation; the copy alone
 is timed too, and subtracted. Medians of ``--calls`` calls, one torch thread.
+
+``--survey`` also times torch's and NumPy's float32 kernels of the same operation on 122,880
+values in (0, 1] (out= variants, no allocation in either; the sorts and ``bincount`` allocate in
+both), the leads for more of :mod:`mixkit.functional.fastmath`.
 """
 
 from __future__ import annotations
@@ -36,6 +41,45 @@ CASES = {
 }
 
 
+def _survey_cases(n: int) -> dict[str, tuple]:
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(n, generator=g).clamp_min_(1e-6)
+    out = torch.empty_like(x)
+    xn, on = x.numpy(), out.numpy()
+    codes = torch.randint(0, 30720, (n,), generator=g)
+    cn = codes.numpy()
+    return {
+        "exp": (lambda: torch.exp(x, out=out), lambda: np.exp(xn, out=on)),
+        "exp2": (lambda: torch.exp2(x, out=out), lambda: np.exp2(xn, out=on)),
+        "log": (lambda: torch.log(x, out=out), lambda: np.log(xn, out=on)),
+        "log2": (lambda: torch.log2(x, out=out), lambda: np.log2(xn, out=on)),
+        "sqrt": (lambda: torch.sqrt(x, out=out), lambda: np.sqrt(xn, out=on)),
+        "pow 2.4": (lambda: torch.pow(x, 2.4, out=out), lambda: np.power(xn, np.float32(2.4), out=on)),
+        "sin": (lambda: torch.sin(x, out=out), lambda: np.sin(xn, out=on)),
+        "tanh": (lambda: torch.tanh(x, out=out), lambda: np.tanh(xn, out=on)),
+        "atan2": (lambda: torch.atan2(x, x, out=out), lambda: np.arctan2(xn, xn, out=on)),
+        "floor": (lambda: torch.floor(x, out=out), lambda: np.floor(xn, out=on)),
+        "cumsum": (lambda: torch.cumsum(x, 0, out=out), lambda: np.cumsum(xn, out=on)),
+        "sort (1-D)": (lambda: torch.sort(x), lambda: np.sort(xn)),
+        "bincount": (lambda: torch.bincount(codes, minlength=30720), lambda: np.bincount(cn, minlength=30720)),
+    }
+
+
+def survey(calls: int, n: int = 122880) -> dict[str, dict[str, float]]:
+    """torch's and NumPy's time (us) for each kernel of :func:`_survey_cases`, interleaved."""
+    cases = _survey_cases(n)
+    times: dict[str, list[list[float]]] = {name: [[], []] for name in cases}
+    for i in range(calls + 3):
+        for name, pair in cases.items():
+            for side, op in enumerate(pair):
+                start = time.perf_counter()
+                op()
+                if i >= 3:
+                    times[name][side].append(time.perf_counter() - start)
+    return {name: {"torch": statistics.median(t) * 1e6, "numpy": statistics.median(np_t) * 1e6}
+            for name, (t, np_t) in times.items()}
+
+
 def run(size: int, zeros: float, calls: int) -> dict[str, float]:
     g = torch.Generator().manual_seed(0)
     values = torch.rand(size, generator=g).clamp_min_(1e-6)
@@ -57,6 +101,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--sizes", type=int, nargs="+", default=[49152, 196608, 1 << 20])
     ap.add_argument("--zeros", type=float, nargs="+", default=[0.0, 0.02, 0.1, 0.5])
     ap.add_argument("--calls", type=int, default=200)
+    ap.add_argument("--survey", action="store_true", help="also torch against NumPy on other float32 kernels")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "fastmath.json")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -71,6 +116,10 @@ def main(argv: list[str] | None = None) -> dict:
               "processor": platform.processor(), "torch": torch.__version__, "numpy": np.__version__,
               "threads": 1, "calls": args.calls, "note": "microseconds per call, the copy's time subtracted",
               "rows": rows}
+    if args.survey:
+        result["survey"] = {"values": 122880, "us": survey(max(3, args.calls // 4))}
+        for name, us in result["survey"]["us"].items():
+            print(f"{name:>12}: torch {us['torch']:8.1f} us, numpy {us['numpy']:8.1f} us")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {args.out}")

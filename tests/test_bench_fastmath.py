@@ -16,3 +16,10 @@ def test_fastmath_benchmark_tiny_run(tmp_path):
     for row in result["rows"]:
         assert set(row["us"]) == set(bench.CASES)
         assert row["us"]["copy"] > 0
+
+
+def test_fastmath_survey_times_both_sides():
+    bench = load_bench("fastmath")
+    us = bench.survey(1, n=1000)
+    assert {"exp", "log2", "tanh", "sort (1-D)", "bincount"} <= set(us)
+    assert all(v["torch"] > 0 and v["numpy"] > 0 for v in us.values())
