@@ -53,20 +53,25 @@ def _equalize(x: Tensor, _: Tensor, out: Tensor) -> None:
     """PIL's ``ImageOps.equalize``, per sample and channel, on uint8 levels.
 
     Levels are counted with one ``bincount`` over (sample, channel, level) bins (int32
-    indices) and mapped through the lookup tables with one ``index_select``. The tables are
-    worked out on integer-valued floats, ``floor(a / b)`` for the integer divisions: exact in
-    float32 for counts below 2^22 (float64 above).
+    indices) and mapped through the lookup tables with one ``index_select``. PIL's step is
+    the count of pixels below the brightest level present, ``// 255`` (0: the identity), read
+    from that level's count. The tables are worked out on integer-valued floats,
+    ``floor(a / b)`` for the integer divisions: exact in float32 for counts below 2^22
+    (float64 above).
     """
     b, c, h, w = x.shape
     n = b * c
     exact = torch.float32 if h * w < 2**22 else torch.float64
     levels = x.mul_(255.0).add_(0.5).view(n, h * w).to(torch.int32)  # truncation: the floor of these positives
+    top = levels.amax(dim=1, keepdim=True).long()  # each channel's brightest level
     flat = levels.add_(torch.arange(0, n * 256, 256, dtype=torch.int32, device=x.device).view(n, 1)).view(-1)
-    hist = _level_counts(flat, n * 256).view(n, 256).to(exact)
-    below = hist.cumsum(dim=1) - hist  # pixels strictly darker than each level
-    step = torch.where(hist > 0, below, 0.0).amax(dim=1, keepdim=True).div_(255).floor_()  # below the brightest // 255
+    counts = _level_counts(flat, n * 256).view(n, 256)
+    step = counts.gather(1, top).neg_().add_(h * w).to(exact).div_(255).floor_()  # (below the brightest) // 255
+    hist = counts.to(exact)
+    below = hist.cumsum(dim=1).sub_(hist)  # pixels strictly darker than each level
     lut = below.add_(step.div(2).floor_()).div_(step.clamp_min(1)).floor_().clamp_max_(255)
-    lut = torch.where(step > 0, lut, torch.arange(256.0, dtype=exact, device=x.device))
+    if x.device.type != "cpu" or not bool(step.all()):  # (on a device: no wait for the test)
+        lut = torch.where(step > 0, lut, torch.arange(256.0, dtype=exact, device=x.device))
     torch.index_select(lut.to(x.dtype).div_(255.0).view(-1), 0, flat, out=out.view(-1))
 
 
