@@ -26,7 +26,7 @@ import threading
 import torch
 from torch import Tensor
 from mixkit._device import upload
-from mixkit.functional.fastmath import log2_, power_
+from mixkit.functional.fastmath import power_
 
 #: sRGB (D65) to XYZ, and the D65 white point (the matrix and white scikit-image uses).
 RGB_TO_XYZ = ((0.412453, 0.357580, 0.180423), (0.212671, 0.715160, 0.072169), (0.019334, 0.119193, 0.950227))
@@ -119,7 +119,8 @@ def lab_into(rgb: Tensor, out: Tensor, ws: Workspace) -> None:
     into ``out`` (a float32 view), the same values bit for bit, in work tensors.
 
     The branches of the piecewise curves are picked by ``lerp`` with 0/1 weights (exact, and
-    faster than ``torch.where``). Each power (``2^(e log2 t)``) runs on elements in the same
+    faster than ``torch.where``). Each power (:func:`~mixkit.functional.fastmath.power_`, as in
+    ``rgb_to_lab``) runs on elements in the same
     memory order as in ``rgb_to_lab`` (sRGB as the input, XYZ planes as the input's planes):
     which elements take the vectorised or the scalar code path of ``log2`` and ``exp2`` must
     not change, the two may round apart.
@@ -131,8 +132,7 @@ def lab_into(rgb: Tensor, out: Tensor, ws: Workspace) -> None:
         lin = torch.clamp(lin, 0.0, 1.0, out=ws.like("lin", lin))
     low = torch.le(lin, 0.04045, out=ws.like("low", lin))
     lo = torch.div(lin, 12.92, out=ws.like("lo", lin))
-    # superpixels._power's values; no zeros here (>= 0.052), so no detour around them
-    log2_(lin.add_(0.055).div_(1.055)).mul_(2.4).exp2_().lerp_(lo, low)
+    power_(lin.add_(0.055).div_(1.055), 2.4).lerp_(lo, low)  # as rgb_to_lab
     if memory_format(lin) == torch.channels_last:  # channels apart, for unit-stride planes
         lin = ws.get("planar", tuple(lin.shape)).copy_(lin)
     order = sorted(range(3), key=lambda d: -lin[:, 0].stride(d))  # a plane's memory order
@@ -144,7 +144,7 @@ def lab_into(rgb: Tensor, out: Tensor, ws: Workspace) -> None:
     small = torch.le(t, 0.008856, out=ws.get("small", t.shape))
     linear = torch.mul(t, 7.787, out=ws.get("linear", t.shape)).add_(16.0 / 116.0)
     for plane in t:
-        power_(plane, 1.0 / 3.0)  # superpixels._power
+        power_(plane, 1.0 / 3.0)  # as rgb_to_lab
     fx, fy, fz = t.lerp_(linear, small)
     torch.mul(fy, 116.0, out=out[:, 0].permute(order)).sub_(16.0)
     torch.sub(fx, fy, out=out[:, 1].permute(order)).mul_(500.0)

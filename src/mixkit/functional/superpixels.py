@@ -48,11 +48,6 @@ __all__ = [
 ]
 
 
-def _power(t: Tensor, exponent: float) -> Tensor:
-    """``t ** exponent`` for ``t >= 0``, in place: :func:`mixkit.functional.fastmath.power_`."""
-    return power_(t, exponent)
-
-
 def rgb_to_lab(rgb: Tensor) -> Tensor:
     """CIELAB (D65) of sRGB pixels, as ``skimage.color.rgb2lab``, in float32.
 
@@ -65,14 +60,14 @@ def rgb_to_lab(rgb: Tensor) -> Tensor:
     lin = rgb.to(torch.float32).clamp(0.0, 1.0)
     low = lin <= 0.04045
     lo = lin / 12.92
-    lin = torch.where(low, lo, _power(lin.add_(0.055).div_(1.055), 2.4))
+    lin = torch.where(low, lo, power_(lin.add_(0.055).div_(1.055), 2.4))
     r, g, b = lin.unbind(1)
     f = []
     for row, white in zip(_slic.RGB_TO_XYZ, _slic.WHITE):
         t = r * (row[0] / white)
         t.add_(g, alpha=row[1] / white).add_(b, alpha=row[2] / white)
         small = t <= 0.008856
-        f.append(torch.where(small, t * 7.787 + 16.0 / 116.0, _power(t.clamp_min_(0.0), 1.0 / 3.0)))
+        f.append(torch.where(small, t * 7.787 + 16.0 / 116.0, power_(t.clamp_min_(0.0), 1.0 / 3.0)))
     fx, fy, fz = f
     return torch.stack([fy * 116.0 - 16.0, (fx - fy).mul_(500.0), (fy - fz).mul_(200.0)], dim=1)
 
