@@ -24,6 +24,7 @@ from torch import Tensor
 
 from mixkit import rng
 from mixkit.errors import HyperParameterError, UnknownMethodError, suggest
+from mixkit.functional.layout import in_format
 from mixkit.validation import check_x
 
 __all__ = [
@@ -86,7 +87,7 @@ def _finish(out: Tensor, x: Tensor) -> Tensor:
     """Clamp to [0, 1] and return in ``x``'s dtype and memory format."""
     out = out.clamp(0.0, 1.0).to(x.dtype)
     if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-        out = out.contiguous(memory_format=torch.channels_last)
+        out = in_format(out, torch.channels_last)
     return out
 
 

@@ -27,6 +27,7 @@ from mixkit import rng
 from mixkit._device import upload
 from mixkit.errors import HyperParameterError, ShapeError
 from mixkit.functional.alloc import fresh_like
+from mixkit.functional.layout import copy_into
 from mixkit.functional.augment_dispatch import run_kernels
 from mixkit.functional.augment_ops import _HALF, AUGMIX_OPS, _check_images, _check_ops, sample_ops
 
@@ -130,7 +131,7 @@ def apply_chains(x: Tensor, draws: ChainDraws, ops: Sequence[str] = AUGMIX_OPS, 
         out = _mixture(x, draws, ops, dtype, normalization)
         if out.stride() == x.stride() and out.dtype == x.dtype:
             return out
-        return fresh_like(x).copy_(out)  # x's memory format and dtype
+        return copy_into(fresh_like(x), out)  # x's memory format and dtype
     # large images: a few samples at a time, so the work fits the kept buffer (no batch-sized
     # buffer of chain images is mapped and faulted in at every call; each row's values are the same)
     result = fresh_like(x)
@@ -183,7 +184,11 @@ def _mixture(x: Tensor, draws: ChainDraws, ops: tuple[str, ...], dtype: torch.dt
         pixels.copy_(x)  # contiguous, whatever x's layout
     else:
         mean, std = normalization
-        torch.mul(x, std, out=pixels).add_(mean)  # pixels = x * std + mean, written contiguous
+        if pixels.stride() == x.stride():
+            torch.mul(x, std, out=pixels).add_(mean)  # pixels = x * std + mean
+        else:  # a layout change (channels_last in): copied as such first, then the per-channel
+            # affine in the contiguous layout, where the broadcast is fast (the same roundings)
+            copy_into(pixels, x).mul_(std).add_(mean)
     torch.clamp(pixels, 0.0, 1.0, out=images[:b])
     latest = torch.arange(b * width) // width  # row of ``images`` holding each chain's latest image
     end = b

@@ -3,7 +3,8 @@
 A channels_last batch is worked on through a permuted view in which it is contiguous
 (:func:`memory_order`, :func:`to_memory`), so row gathers and element-wise kernels run at
 full speed, and the result is permuted back (:func:`from_memory`) or copied to the input's
-format (:func:`match_format`).
+format (:func:`match_format`). Copies from one layout to another go through
+:func:`copy_into`, which is faster than ``copy_`` for float32 and float64 on the CPU.
 """
 
 from __future__ import annotations
@@ -11,14 +12,54 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["from_memory", "match_format", "memory_order", "to_memory"]
+__all__ = ["copy_into", "from_memory", "in_format", "match_format", "memory_order", "to_memory"]
+
+#: the integer type of each float type's width: a copy between layouts moves the bits as these
+_AS_INT = {torch.float32: torch.int32, torch.float64: torch.int64}
+
+
+def copy_into(dst: Tensor, src: Tensor) -> Tensor:
+    """``dst.copy_(src)``, faster between memory layouts; returns ``dst``.
+
+    In this CPU build, torch's float copy kernel is 1.4-1.9x slower than its integer one when
+    the two tensors' strides differ (channels_last to contiguous or back: 420 against 288 us
+    for a ``(128, 3, 32, 32)`` float32 batch, 19 against 14 ms at 224 x 224; ``bench/layout.py``).
+    So float32 and float64 CPU tensors of the same shape and dtype whose strides differ are
+    copied as same-width integers: the same bits, NaN payloads and signed zeros included.
+    Anything else (a dtype change, broadcasting, autograd, other devices) is ``copy_``.
+    """
+    as_int = _AS_INT.get(src.dtype)
+    if (
+        as_int is None
+        or dst.dtype != src.dtype
+        or dst.device.type != "cpu"
+        or src.device.type != "cpu"
+        or dst.shape != src.shape
+        or dst.stride() == src.stride()
+        or src.is_neg()
+        or dst.is_neg()
+        or (torch.is_grad_enabled() and (src.requires_grad or dst.requires_grad))
+    ):
+        return dst.copy_(src)
+    dst.view(as_int).copy_(src.view(as_int))
+    return dst
+
+
+def in_format(t: Tensor, memory_format: torch.memory_format) -> Tensor:
+    """``t.contiguous(memory_format=memory_format)``, the copy (when one is needed) made by
+    :func:`copy_into`; ``t`` itself when it is already in that format."""
+    if t.is_contiguous(memory_format=memory_format):
+        return t
+    if torch.is_grad_enabled() and t.requires_grad:
+        return t.contiguous(memory_format=memory_format)
+    return copy_into(torch.empty_like(t, memory_format=memory_format), t)
 
 
 def match_format(out: Tensor, like: Tensor) -> Tensor:
     """Return ``out`` in ``like``'s memory format (channels_last kept)."""
     for fmt, ndim in ((torch.channels_last, 4), (torch.channels_last_3d, 5)):
         if like.ndim == ndim and like.is_contiguous(memory_format=fmt) and not like.is_contiguous():
-            return out.contiguous(memory_format=fmt)
+            return in_format(out, fmt)
     return out
 
 

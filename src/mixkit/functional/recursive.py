@@ -19,6 +19,7 @@ from mixkit._device import upload
 from mixkit.errors import ShapeError
 from mixkit.functional import row_paths
 from mixkit.functional.alloc import fresh_copy
+from mixkit.functional.layout import in_format
 from mixkit.functional.boxes import box_mask
 from mixkit.types import MixTarget
 
@@ -40,7 +41,7 @@ def _cast_like(y: Tensor, like: Tensor) -> Tensor:
 
 def _keep_format(out: Tensor, like: Tensor) -> Tensor:
     last = like.is_contiguous(memory_format=torch.channels_last) and not like.is_contiguous()
-    return out.contiguous(memory_format=torch.channels_last if last else torch.contiguous_format)
+    return in_format(out, torch.channels_last if last else torch.contiguous_format)
 
 
 def _source_coords(start: Tensor, end: Tensor, size: int, mode: str) -> Tensor:

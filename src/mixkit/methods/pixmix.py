@@ -32,6 +32,7 @@ from mixkit.functional.augment_ops import (
     sample_ops,
 )
 from mixkit.functional.blend import take_rows
+from mixkit.functional.layout import copy_into
 from mixkit.functional.pixmix_mixing import (  # the public mixings: also served from here
     _additive_mix_,
     _multiplicative_mix_,
@@ -248,9 +249,11 @@ class PixMix(MixMethod):
         # conversion to pixels) and once on the way out
         mixed = fresh(tuple(x.shape), dtype, x.device)  # large batches: a reused block, no page faults
         if stats is None:
-            mixed.copy_(x).clamp_(0, 1)
-        else:
+            copy_into(mixed, x).clamp_(0, 1)
+        elif mixed.stride() == x.stride():
             torch.mul(x, stats[1], out=mixed).add_(stats[0]).clamp_(0, 1)
+        else:  # the layout changed by a plain copy first (see copy_into), then the affine
+            copy_into(mixed, x).mul_(stats[1]).add_(stats[0]).clamp_(0, 1)
         live = torch.arange(params.use_picture.shape[1]) < params.rounds.unsqueeze(1)  # (B, k)
         sources, slot, picture = self._sources(x, mixed, params, (live & params.use_picture).any(1))
         start = (slot[:, 0] >= 0).nonzero().squeeze(1)
@@ -264,7 +267,7 @@ class PixMix(MixMethod):
             out.index_copy_(0, kept, take_rows(x, kept).to(dtype))  # exact copies of the samples left alone
         if out.stride() == x.stride() and out.dtype == x.dtype:
             return out
-        return fresh_like(x).copy_(out)  # x's memory format and dtype
+        return copy_into(fresh_like(x), out)  # x's memory format and dtype
 
     def _sources(self, x: Tensor, pixels: Tensor, params: PixMixParams,
                  needed: Tensor) -> tuple[Tensor, Tensor, Tensor]:

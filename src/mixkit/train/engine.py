@@ -28,6 +28,7 @@ from mixkit._device import upload
 from mixkit.base import MixMethod
 from mixkit.data.augment import normalize
 from mixkit.errors import HyperParameterError
+from mixkit.functional.layout import in_format
 from mixkit.holdout import Holdout, split_holdout
 from mixkit.losses import mixup_binary_cross_entropy, mixup_cross_entropy
 from mixkit.registry import create, list_methods, method_info
@@ -220,7 +221,7 @@ def _prepare_batch(images: Tensor, data: TrainData, cfg: TrainConfig, gen: torch
     if cfg.augment:
         x = random_crop_flip(x, padding=4, flip=True, generator=gen)
     x = normalize(x, data.mean, data.std)
-    return x.contiguous(memory_format=torch.channels_last) if cfg.channels_last and x.ndim == 4 else x
+    return in_format(x, torch.channels_last) if cfg.channels_last and x.ndim == 4 else x
 
 
 def _train_epoch(run: _Run, data: TrainData, cfg: TrainConfig, device: torch.device, hooks: dict[str, Callable]) -> dict[str, float]:
@@ -286,7 +287,7 @@ def _split_holdout(method: MixMethod, data: TrainData, cfg: TrainConfig, device:
 
     def prepare(images: Tensor) -> Tensor:
         x = normalize(images.to(device), data.mean, data.std)
-        return x.contiguous(memory_format=torch.channels_last) if cfg.channels_last and x.ndim == 4 else x
+        return in_format(x, torch.channels_last) if cfg.channels_last and x.ndim == 4 else x
 
     method.attach_holdout(Holdout(data.train_images[held_idx], data.train_labels[held_idx], prepare))
     return dataclasses.replace(data, train_images=data.train_images[train_idx], train_labels=data.train_labels[train_idx])

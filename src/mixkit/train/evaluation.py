@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
+from mixkit.functional.layout import in_format
 from mixkit.metrics import ClassificationMeter
 from mixkit.train import distributed as dist
 
@@ -54,7 +55,7 @@ def predict(
             x = transform(x)
         x = _standardize(x, data.mean, data.std)
         if cfg.channels_last and x.ndim == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
+            x = in_format(x, torch.channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp):
             outs.append(model(x).float())
     logits = torch.cat(outs) if outs else torch.zeros(0, data.num_classes, device=device)
