@@ -100,8 +100,10 @@ def apply_chains(x: Tensor, draws: ChainDraws, ops: Sequence[str] = AUGMIX_OPS, 
         ops: the operation names ``draws.ops`` refers to.
         normalization: ``(mean, std)`` broadcastable to ``x`` (float32, or float64 for float64
             ``x``): ``x`` is then normalised, ``(pixels - mean) / std``, and so is the result.
-            The conversions are fused with the copies into and out of the work buffer (the
-            same values as converting before and after).
+            The conversions run in the contiguous work buffer (the same values as
+            converting before and after): fused with the copy in for a contiguous ``x``;
+            for another layout (channels_last), after a plain copy in, as a per-channel
+            broadcast over a channels_last batch is several times slower.
 
     Returns:
         ``(B, C, H, W)`` tensor of ``x``'s dtype and memory format.
@@ -181,7 +183,7 @@ def _mixture(x: Tensor, draws: ChainDraws, ops: tuple[str, ...], dtype: torch.dt
     images = _chain_buffer(rows * math.prod(x.shape[1:]), dtype, x.device).view((rows,) + tuple(x.shape[1:]))
     pixels = images[rows - b :]
     if normalization is None:
-        pixels.copy_(x)  # contiguous, whatever x's layout
+        copy_into(pixels, x)  # contiguous, whatever x's layout
     else:
         mean, std = normalization
         if pixels.stride() == x.stride():

@@ -180,7 +180,7 @@ class AugMix(MixMethod):
         return out
 
     def _augment(self, x: Tensor, chains: ChainDraws) -> Tensor:
-        # pixels, chains and back in one pass each way (apply_chains fuses the conversions)
+        # pixels, chains and back, the conversions in apply_chains' contiguous work buffer
         stats = self._stats(x, torch.float32 if x.dtype in _HALF else x.dtype)
         return apply_chains(x, chains, self.ops, normalization=stats)
 

@@ -245,8 +245,8 @@ class PixMix(MixMethod):
         dtype = torch.promote_types(x.dtype, torch.float32)
         stats = self._stats(x, dtype)
         # contiguous work in pixel units: per-channel broadcasts over a channels_last batch are
-        # several times slower, so the layout changes once on the way in (fused with the
-        # conversion to pixels) and once on the way out
+        # several times slower, so the layout changes once on the way in (a contiguous x: fused
+        # with the conversion to pixels; else a plain copy first) and once on the way out
         mixed = fresh(tuple(x.shape), dtype, x.device)  # large batches: a reused block, no page faults
         if stats is None:
             copy_into(mixed, x).clamp_(0, 1)
