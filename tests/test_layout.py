@@ -86,3 +86,29 @@ def test_in_format_and_match_format(dtype: torch.dtype) -> None:
     assert out.requires_grad and out.is_contiguous(memory_format=CL)
     out.sum().backward()
     assert torch.equal(leaf.grad, torch.full_like(leaf, 2.0))
+
+
+@pytest.mark.parametrize("channels", [1, 3, 4, 6])
+@pytest.mark.parametrize("partner_kind", ["full", "colour"])
+def test_select_by_mask_channels_last_matches_where(channels: int, partner_kind: str) -> None:
+    """The per-channel lerp path (channels_last, <= 4 channels) and the expanded-mask path
+    (more channels) both give torch.where's values, in x's memory format."""
+    from mixkit.functional.blend import mask_blend, select_by_mask
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(5, channels, 6, 7, generator=g).contiguous(memory_format=CL)
+    partner = (torch.randn(5, channels, 6, 7, generator=g) if partner_kind == "full"
+               else torch.randn(1, channels, 1, 1, generator=g))
+    mask = torch.rand(5, 1, 6, 7, generator=g) > 0.4
+    before = x.clone(), partner.clone()
+    out = select_by_mask(x, partner, mask)
+    assert torch.equal(out, torch.where(mask, x, partner))
+    assert out.is_contiguous(memory_format=CL) or channels == 1
+    assert torch.equal(x, before[0]) and torch.equal(partner, before[1])  # inputs untouched
+    # mask_blend writes into its gathered partners (into=True): the same values
+    index = torch.tensor([4, 0, 1, 2, 3])
+    assert torch.equal(mask_blend(x, index, mask), torch.where(mask, x, x[index]))
+    # with autograd the gradient splits as the mask does
+    leaf = x.detach().clone().requires_grad_()
+    select_by_mask(leaf, partner, mask).sum().backward()
+    assert torch.equal(leaf.grad, mask.expand_as(leaf).to(leaf.dtype))
