@@ -275,9 +275,10 @@ def _select(x: Tensor, partner: Tensor, mask: Tensor, *, into: bool = False) -> 
     or ``x`` for finite values, and it runs several times faster than ``torch.where``: 101
     against 1082 us for a float32 batch of 128 at 32x32 and a random mask, here). A mask
     broadcast along the innermost dim (channels_last's channels), where a broadcast defeats
-    vectorisation, takes one strided ``lerp`` per channel when there are at most
-    ``_PER_CHANNEL_MAX`` (1.2x faster than expanding the mask first, 3.9x with a partner
-    broadcast over the pixels, such as one colour), else the mask is expanded first. Integer
+    vectorisation, is expanded first; but when the partner is one value per channel (a colour,
+    broadcast over the pixels) and there are at most ``_PER_CHANNEL_MAX`` channels, one
+    strided ``lerp`` per channel runs instead (3.9x faster; with a full partner it was 1.2x
+    faster alone but not inside the superpixel methods: ``bench/ab.py`` gave 1.03 slower). Integer
     inputs (bool masks) use ``torch.where``. ``into=True`` says ``partner`` is a temporary of
     the caller's that may hold the result.
     """
@@ -287,10 +288,10 @@ def _select(x: Tensor, partner: Tensor, mask: Tensor, *, into: bool = False) -> 
     weight = mask.to(x.dtype)
     if x.ndim and weight.ndim == x.ndim and weight.shape[-1] == 1 and x.shape[-1] > 1:
         if (x.shape[-1] <= _PER_CHANNEL_MAX and partner.dtype == x.dtype and partner.ndim == x.ndim
-                and partner.shape[-1] in (1, x.shape[-1]) and broadcasts_to(partner.shape, x.shape)
+                and partner.shape[-1] in (1, x.shape[-1]) and math.prod(partner.shape[:-1]) == 1
                 and broadcasts_to(weight.shape, x.shape)
                 and not (torch.is_grad_enabled() and (x.requires_grad or partner.requires_grad or weight.requires_grad))):
-            out = partner if into and partner.shape == x.shape else torch.empty_like(x)
+            out = torch.empty_like(x)  # (the partner, one colour, cannot hold the result)
             w = weight.squeeze(-1)
             for c in range(x.shape[-1]):
                 torch.lerp(partner.select(-1, min(c, partner.shape[-1] - 1)), x.select(-1, c), w,
