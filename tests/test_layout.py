@@ -112,3 +112,21 @@ def test_select_by_mask_channels_last_matches_where(channels: int, partner_kind:
     leaf = x.detach().clone().requires_grad_()
     select_by_mask(leaf, partner, mask).sum().backward()
     assert torch.equal(leaf.grad, mask.expand_as(leaf).to(leaf.dtype))
+
+
+@pytest.mark.parametrize("src_dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, CL])
+def test_affine_into_matches_the_broadcast(src_dtype: torch.dtype, fmt: torch.memory_format) -> None:
+    from mixkit.functional.layout import affine_into
+
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(4, 3, 5, 6, generator=g).to(src_dtype).contiguous(memory_format=fmt)
+    work = torch.float64 if src_dtype == torch.float64 else torch.float32
+    scale = torch.tensor([0.25, 0.5, 2.0], dtype=work).view(1, 3, 1, 1)
+    shift = torch.tensor([0.1, -0.3, 0.7], dtype=work).view(1, 3, 1, 1)
+    before = x.clone()
+    dst = torch.empty(x.shape, dtype=work)
+    out = affine_into(dst, x, scale, shift)
+    assert out is dst and dst.is_contiguous()
+    assert torch.equal(dst, x.to(work) * scale + shift)  # the same two roundings
+    assert torch.equal(x, before)

@@ -27,7 +27,7 @@ from mixkit import rng
 from mixkit._device import upload
 from mixkit.errors import HyperParameterError, ShapeError
 from mixkit.functional.alloc import fresh_like
-from mixkit.functional.layout import copy_into
+from mixkit.functional.layout import affine_into, copy_into
 from mixkit.functional.augment_dispatch import run_kernels
 from mixkit.functional.augment_ops import _HALF, AUGMIX_OPS, _check_images, _check_ops, sample_ops
 
@@ -186,11 +186,7 @@ def _mixture(x: Tensor, draws: ChainDraws, ops: tuple[str, ...], dtype: torch.dt
         copy_into(pixels, x)  # contiguous, whatever x's layout
     else:
         mean, std = normalization
-        if pixels.stride() == x.stride():
-            torch.mul(x, std, out=pixels).add_(mean)  # pixels = x * std + mean
-        else:  # a layout change (channels_last in): copied as such first, then the per-channel
-            # affine in the contiguous layout, where the broadcast is fast (the same roundings)
-            copy_into(pixels, x).mul_(std).add_(mean)
+        affine_into(pixels, x, std, mean)  # pixels = x * std + mean, written contiguous
     torch.clamp(pixels, 0.0, 1.0, out=images[:b])
     latest = torch.arange(b * width) // width  # row of ``images`` holding each chain's latest image
     end = b

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["copy_into", "from_memory", "in_format", "match_format", "memory_order", "to_memory"]
+__all__ = ["affine_into", "copy_into", "from_memory", "in_format", "match_format", "memory_order", "to_memory"]
 
 #: the integer type of each float type's width: a copy between layouts moves the bits as these
 _AS_INT = {torch.float32: torch.int32, torch.float64: torch.int64}
@@ -48,6 +48,19 @@ def copy_into(dst: Tensor, src: Tensor) -> Tensor:
         return dst.copy_(src)
     dst.view(as_int).copy_(src.view(as_int))
     return dst
+
+
+def affine_into(dst: Tensor, src: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
+    """``dst = src * scale + shift`` (a product, then a sum: two roundings); returns ``dst``.
+
+    For per-channel ``scale`` and ``shift`` (``(1, C, 1, 1)``) into a contiguous ``dst``: a
+    per-channel broadcast over a channels_last ``src`` runs several times slower than over a
+    contiguous one, so when the layouts differ ``src`` is copied first (:func:`copy_into`) and
+    the affine runs in place in ``dst``'s layout (the same values).
+    """
+    if dst.stride() == src.stride():
+        return torch.mul(src, scale, out=dst).add_(shift)
+    return copy_into(dst, src).mul_(scale).add_(shift)
 
 
 def in_format(t: Tensor, memory_format: torch.memory_format) -> Tensor:

@@ -32,7 +32,7 @@ from mixkit.functional.augment_ops import (
     sample_ops,
 )
 from mixkit.functional.blend import take_rows
-from mixkit.functional.layout import copy_into
+from mixkit.functional.layout import affine_into, copy_into
 from mixkit.functional.pixmix_mixing import (  # the public mixings: also served from here
     _additive_mix_,
     _multiplicative_mix_,
@@ -245,15 +245,13 @@ class PixMix(MixMethod):
         dtype = torch.promote_types(x.dtype, torch.float32)
         stats = self._stats(x, dtype)
         # contiguous work in pixel units: per-channel broadcasts over a channels_last batch are
-        # several times slower, so the layout changes once on the way in (a contiguous x: fused
-        # with the conversion to pixels; else a plain copy first) and once on the way out
+        # several times slower, so the layout changes once on the way in (see affine_into)
+        # and once on the way out
         mixed = fresh(tuple(x.shape), dtype, x.device)  # large batches: a reused block, no page faults
         if stats is None:
             copy_into(mixed, x).clamp_(0, 1)
-        elif mixed.stride() == x.stride():
-            torch.mul(x, stats[1], out=mixed).add_(stats[0]).clamp_(0, 1)
-        else:  # the layout changed by a plain copy first (see copy_into), then the affine
-            copy_into(mixed, x).mul_(stats[1]).add_(stats[0]).clamp_(0, 1)
+        else:
+            affine_into(mixed, x, stats[1], stats[0]).clamp_(0, 1)
         live = torch.arange(params.use_picture.shape[1]) < params.rounds.unsqueeze(1)  # (B, k)
         sources, slot, picture = self._sources(x, mixed, params, (live & params.use_picture).any(1))
         start = (slot[:, 0] >= 0).nonzero().squeeze(1)

@@ -34,7 +34,7 @@ from mixkit._device import upload
 from mixkit.base import MixMethod
 from mixkit.errors import HyperParameterError, ShapeError
 from mixkit.functional.blend import mask_blend, match_format, select_by_mask
-from mixkit.functional.layout import copy_into
+from mixkit.functional.layout import affine_into
 from mixkit.functional.masks import row_sums64
 from mixkit.functional.superpixels import (
     paint_segments,
@@ -108,13 +108,8 @@ class _SuperpixelGrid(MixMethod):
         stats = self._stats(x)
         if stats is None:
             return x
-        # written contiguous: a per-channel broadcast over a channels_last batch is several
-        # times slower, and the segmentation reads colour planes anyway (another layout:
-        # copied first, then the affine, the same roundings)
-        out = torch.empty(x.shape, dtype=torch.float32, device=x.device)
-        if out.stride() == x.stride():
-            return torch.mul(x, stats[1], out=out).add_(stats[0])
-        return copy_into(out, x).mul_(stats[1]).add_(stats[0])
+        # written contiguous: the segmentation reads colour planes (see affine_into)
+        return affine_into(torch.empty(x.shape, dtype=torch.float32, device=x.device), x, stats[1], stats[0])
 
     def _segments(self, x: Tensor, rows: Tensor) -> Tensor:
         """``(B, H, W)`` SLIC labels of the images in ``rows`` (0 elsewhere)."""
