@@ -41,6 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 from pathlib import Path
 
 import torch
@@ -129,9 +130,9 @@ def component_times(repeats: int, clock: str, seed: int = 0) -> dict:
     import torch.nn.functional as F
 
     import mixkit
-    from mixkit.data import dataset_stats, normalize, random_crop_flip
+    from mixkit.data import dataset_stats, normalize
     from mixkit.losses import mixup_cross_entropy
-    from mixkit.train.engine import _mixed_accuracy
+    from mixkit.train.engine import _mixed_accuracy, _prepare_batch
     from plain_loop import crop_flip
 
     gen = torch.Generator().manual_seed(seed)
@@ -147,8 +148,14 @@ def component_times(repeats: int, clock: str, seed: int = 0) -> dict:
     def plain_prepare():
         return ((crop_flip(images.float() / 255, gen) - mean) / std).contiguous(memory_format=torch.channels_last)
 
+    # the engine's own input preparation (crop and flip, normalise, channels_last), called as
+    # the training loop calls it, so that changes there show here
+    data = types.SimpleNamespace(mean=m, std=s)
+    cfg = types.SimpleNamespace(augment=True, channels_last=True)
+    cpu = torch.device("cpu")
+
     def harness_prepare():
-        return normalize(random_crop_flip(images, generator=gen), m, s).contiguous(memory_format=torch.channels_last)
+        return _prepare_batch(images, data, cfg, gen, cpu)
 
     def plain_mix():
         lam = float(np_rng.beta(1.0, 1.0))
