@@ -58,7 +58,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--methods", nargs="+", required=True, help="name:mode pairs (mode batch or elem)")
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16", "float64"))
+    ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16", "float64", "uint8"),
+                    help="uint8: 8-bit pixels (methods that take integer images; not with --normalize)")
     ap.add_argument("--channels-last", action="store_true")
     ap.add_argument("--rounds", type=int, default=12)
     ap.add_argument("--backward", action="store_true", help="time forward + out.x.sum().backward()")
@@ -112,9 +113,12 @@ def make_batch(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor, ob
     """The batch, its labels and the normalisation the methods get (``--normalize``):
     ``torch.rand`` with CIFAR-10's statistics, or ``--data``'s test images (normalised by its own)."""
     dtype = getattr(torch, args.dtype)
+    if dtype == torch.uint8 and args.normalize:
+        raise SystemExit("--dtype uint8 holds pixels: it cannot be combined with --normalize")
     if args.data is None:
         g = torch.Generator().manual_seed(0)
-        x = torch.rand(args.batch, 3, args.size, args.size, generator=g).to(dtype)
+        x = torch.rand(args.batch, 3, args.size, args.size, generator=g)
+        x = x.mul_(255).round_().to(dtype) if dtype == torch.uint8 else x.to(dtype)
         y = torch.randint(0, 10, (args.batch,), generator=g)
         stats = dataset_stats("cifar10")
     else:
@@ -123,6 +127,8 @@ def make_batch(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor, ob
             raise SystemExit(f"--data {args.data}: {len(data)} test images, fewer than --batch {args.batch}")
         rows = torch.arange(args.batch) * (len(data) // args.batch)  # evenly spaced: every class
         x, y = data.images[rows].float().div_(255), data.labels[rows]
+        if dtype == torch.uint8:
+            x = data.images[rows].clone()
         stats = dataset_stats(args.data)
         if args.normalize:
             mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in stats)

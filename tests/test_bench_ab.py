@@ -86,3 +86,14 @@ def test_ab_batch_of_real_images():
     x, y, stats = ab.make_batch(ab.parse_args(["--ref", "HEAD", "--methods", "mixup", "--size", "8", "--batch", "4"]))
     g = torch.Generator().manual_seed(0)
     assert torch.equal(x, torch.rand(4, 3, 8, 8, generator=g)) and stats[0] == (0.4914, 0.4822, 0.4465)
+
+
+def test_ab_batch_of_uint8_pixels():
+    ab = load_bench("ab")
+    x, _, _ = ab.make_batch(ab.parse_args(["--ref", "HEAD", "--methods", "fmix", "--size", "8", "--batch", "4",
+                                           "--dtype", "uint8", "--channels-last"]))
+    g = torch.Generator().manual_seed(0)
+    assert x.dtype == torch.uint8 and x.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(x, torch.rand(4, 3, 8, 8, generator=g).mul_(255).round_().to(torch.uint8))
+    with pytest.raises(SystemExit, match="uint8"):
+        ab.make_batch(ab.parse_args(["--ref", "HEAD", "--methods", "fmix", "--dtype", "uint8", "--normalize"]))

@@ -130,3 +130,24 @@ def test_affine_into_matches_the_broadcast(src_dtype: torch.dtype, fmt: torch.me
     assert out is dst and dst.is_contiguous()
     assert torch.equal(dst, x.to(work) * scale + shift)  # the same two roundings
     assert torch.equal(x, before)
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int16, torch.int64, torch.bool])
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, CL])
+@pytest.mark.parametrize("partner_kind", ["full", "colour"])
+def test_select_by_mask_integers_match_where(dtype: torch.dtype, fmt: torch.memory_format, partner_kind: str) -> None:
+    """Integer inputs take bit operations (partner ^ ((x ^ partner) & keep)): torch.where's values."""
+    from mixkit.functional.blend import mask_blend, select_by_mask
+
+    g = torch.Generator().manual_seed(3)
+    low, high = (0, 2) if dtype == torch.bool else ((0, 256) if dtype == torch.uint8 else (-3000, 3000))
+    x = torch.randint(low, high, (5, 3, 6, 7), generator=g).to(dtype).contiguous(memory_format=fmt)
+    shape = (5, 3, 6, 7) if partner_kind == "full" else (1, 3, 1, 1)
+    partner = torch.randint(low, high, shape, generator=g).to(dtype)
+    mask = torch.rand(5, 1, 6, 7, generator=g) > 0.4
+    before = x.clone(), partner.clone()
+    out = select_by_mask(x, partner, mask)
+    assert out.dtype == dtype and torch.equal(out, torch.where(mask, x, partner))
+    assert torch.equal(x, before[0]) and torch.equal(partner, before[1])
+    index = torch.tensor([4, 0, 1, 2, 3])
+    assert torch.equal(mask_blend(x, index, mask), torch.where(mask, x, x[index]))
