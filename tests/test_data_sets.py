@@ -431,3 +431,24 @@ def test_real_cifar10_jpeg_test_split(tmp_path):
     assert data.labels.bincount().tolist() == [1000] * 10 and data.classes == CIFAR10_CLASSES
     mean, _ = compute_stats(data.images)
     assert np.allclose(mean, DATASET_STATS["cifar10"][0], atol=0.02)
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32, torch.bfloat16, torch.int64])
+@pytest.mark.parametrize("padding", [0, 1, 4])
+def test_crop_flip_padded_path_equals_the_pixel_gather(dtype, padding):
+    """Contiguous batches with sampled crops take the padded row/column gathers: every value
+    the same as the pixel gather, including the crops at both extremes and flips."""
+    from mixkit.data.augment import _crop_flip_gather
+
+    x = torch.randint(1, 250, (9, 3, 6, 7), generator=gen(7)).to(dtype)
+    b = x.shape[0]
+    extremes = torch.tensor([0, 2 * padding] * 4 + [padding])
+    params = [sample_crop_flip(b, padding=padding, generator=gen(s)) for s in range(4)]
+    params.append(CropFlipParams(extremes, extremes.flip(0), torch.arange(b) % 2 == 0, padding=padding))
+    for p in params:
+        y = crop_flip(x, p)
+        assert torch.equal(y, _crop_flip_gather(x, p)) and y.is_contiguous() and y.dtype == dtype
+    # crops reaching past the padding take the pixel gather (zeros outside)
+    far = CropFlipParams(torch.full((b,), 2 * padding + 3), torch.zeros(b, dtype=torch.long), torch.zeros(b, dtype=torch.bool),
+                         padding=padding)
+    assert torch.equal(crop_flip(x, far), _crop_flip_gather(x, far))
