@@ -217,7 +217,7 @@ def markdown(result: dict) -> str:
     c = result.get("components_ms")
     if c:
         lines += ["", "Where the two sides differ, per batch of 128 (median ms of interleaved in-process repeats): "
-                  f"input preparation {c['prepare_harness']:.1f} (harness: one batched gather on uint8, then "
+                  f"input preparation {c['prepare_harness']:.1f} (harness: the engine's crop and flip, row and column gathers on uint8, then "
                   f"normalise) against {c['prepare_plain']:.1f} (bare loop: a Python loop over the images); mixing, "
                   f"loss and bookkeeping {c['mix_loss_harness']:.1f} (harness: Mixup, mixed cross-entropy, the "
                   f"loss and train-accuracy read-outs) against {c['mix_loss_plain']:.1f} (bare loop). Model step: "
