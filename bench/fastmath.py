@@ -18,8 +18,6 @@ both), the leads for more of :mod:`mixkit.functional.fastmath`.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
 import sys
 import time
@@ -31,6 +29,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 from mixkit.functional.fastmath import log2_, power_  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "bench"))
+import microbench  # noqa: E402
 
 CASES = {
     "copy": lambda t: t,
@@ -111,19 +112,13 @@ def main(argv: list[str] | None = None) -> dict:
             us = run(size, zeros, args.calls)
             rows.append({"size": size, "zeros": zeros, "us": us})
             print(f"{size:>8} values, {zeros:4.0%} zeros: " + ", ".join(f"{k} {v:.1f}" for k, v in us.items()) + " (us)")
-    result = {"command": "python bench/fastmath.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-              "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": platform.platform(),
-              "processor": platform.processor(), "torch": torch.__version__, "numpy": np.__version__,
-              "threads": 1, "calls": args.calls, "note": "microseconds per call, the copy's time subtracted",
-              "rows": rows}
+    result = microbench.header("fastmath.py", argv, numpy=np.__version__, calls=args.calls,
+                               note="microseconds per call, the copy's time subtracted", rows=rows)
     if args.survey:
         result["survey"] = {"values": 122880, "us": survey(max(3, args.calls // 4))}
         for name, us in result["survey"]["us"].items():
             print(f"{name:>12}: torch {us['torch']:8.1f} us, numpy {us['numpy']:8.1f} us")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {args.out}")
-    return result
+    return microbench.write(args.out, result)
 
 
 if __name__ == "__main__":

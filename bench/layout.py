@@ -15,8 +15,6 @@ thread; the ratio is copy_into / copy_.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
 import sys
 import time
@@ -27,6 +25,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 from mixkit.functional.layout import copy_into  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "bench"))
+import microbench  # noqa: E402
 
 DIRECTIONS = {"contiguous -> channels_last": (torch.contiguous_format, torch.channels_last),
               "channels_last -> contiguous": (torch.channels_last, torch.contiguous_format)}
@@ -75,14 +76,9 @@ def main(argv: list[str] | None = None) -> dict:
                 rows.append(row)
                 print(f"{size:>4} {dt:>8} {row['direction']:<28} copy_ {row['us']['copy_']:9.1f} us, "
                       f"copy_into {row['us']['copy_into']:9.1f} us, ratio {row['ratio']:.2f}", flush=True)
-    result = {"command": "python bench/layout.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-              "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": platform.platform(),
-              "torch": torch.__version__, "threads": 1, "batch": args.batch,
-              "note": "median microseconds per copy; ratio = copy_into / copy_", "rows": rows}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {args.out}")
-    return result
+    result = microbench.header("layout.py", argv, batch=args.batch,
+                               note="median microseconds per copy; ratio = copy_into / copy_", rows=rows)
+    return microbench.write(args.out, result)
 
 
 if __name__ == "__main__":
